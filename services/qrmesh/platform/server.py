@@ -121,7 +121,11 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     configure_tracing(spec.name, settings.otlp_endpoint)
     interceptors: list[Any] = [server_interceptor(), ErrorInterceptor()]
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
-    engine = create_engine(settings.database_url, schema=spec.name, pool_size=settings.db_pool_size) if spec.uses_database else None
+    engine = (
+        create_engine(settings.database_url, schema=spec.name, pool_size=settings.db_pool_size)
+        if spec.uses_database
+        else None
+    )
     client = create_redis(settings.redis_url) if spec.uses_redis else None
     resources = Resources(settings=settings, engine=engine, redis=client)
     services = spec.register(grpc_server, resources)

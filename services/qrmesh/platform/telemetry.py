@@ -20,7 +20,9 @@ _lock = threading.Lock()
 _provider: TracerProvider | None = None
 
 
-def configure_tracing(service: str, otlp_endpoint: str | None, *, extra_processor: SpanProcessor | None = None) -> TracerProvider:
+def configure_tracing(
+    service: str, otlp_endpoint: str | None, *, extra_processor: SpanProcessor | None = None
+) -> TracerProvider:
     """Install the process-wide tracer provider once; later calls return it."""
     global _provider
     with _lock:

@@ -81,9 +81,7 @@ def _walk(message: Message, prefix: str, out: list[FieldViolation]) -> None:
                 if fp.recurse:
                     _walk(item, item_path + ".", out)
             continue
-        if fd.message_type is not None:
-            present = message.HasField(fd.name)
-        elif fd.has_presence:
+        if fd.message_type is not None or fd.has_presence:
             present = message.HasField(fd.name)
         else:
             present = value != fd.default_value
@@ -196,7 +194,7 @@ def _range_check(rules: rules_pb2.IntegerRules) -> Check:
     lte = rules.lte if rules.HasField("lte") else None
 
     def check(value: int) -> Iterator[str]:
-        if gte is not None and value < gte or lte is not None and value > lte:
+        if (gte is not None and value < gte) or (lte is not None and value > lte):
             yield _range_text(gte, lte, value)
 
     return check
@@ -209,7 +207,7 @@ def _number_check(rules: rules_pb2.NumberRules) -> Check:
     def check(value: float) -> Iterator[str]:
         if not math.isfinite(value):
             yield "must be a finite number"
-        elif gte is not None and value < gte or lte is not None and value > lte:
+        elif (gte is not None and value < gte) or (lte is not None and value > lte):
             yield _range_text(gte, lte, value)
 
     return check

@@ -74,7 +74,7 @@ def render(text: str, options: RenderOptions) -> Image:
             f"({len(text.encode())} bytes encoded)",
             reason="CONTENT_TOO_LONG",
         ) from None
-    modules = symbol.symbol_size(scale=1, border=options.quiet_zone)[0]
+    modules = int(symbol.symbol_size(scale=1, border=options.quiet_zone)[0])
     scale = max(1, options.size // modules)
     out = io.BytesIO()
     kind = options.format.name.lower()

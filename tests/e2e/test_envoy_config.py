@@ -1,0 +1,46 @@
+"""The edge configuration renders for local use and Kubernetes, and the real Envoy accepts both."""
+
+from __future__ import annotations
+
+import yaml
+
+from qrmesh.descriptors import DESCRIPTOR_SET_PATH
+from qrmesh.edge import Upstream, render_config, validate_config
+from qrmesh.mesh import SERVICES
+
+
+def upstreams(dns: bool) -> list[Upstream]:
+    return [
+        Upstream(name, f"qrmesh-{name}" if dns else "127.0.0.1", entry.default_port, entry.grpc_services(), dns=dns)
+        for name, entry in SERVICES.items()
+    ]
+
+
+def test_local_config_is_valid() -> None:
+    validate_config(render_config(upstreams(dns=False)))
+
+
+def test_kubernetes_config_is_valid_and_routes_the_same() -> None:
+    local = yaml.safe_load(render_config(upstreams(dns=False)))
+    kubernetes_text = render_config(upstreams(dns=True), listen_host="0.0.0.0", descriptor_path=DESCRIPTOR_SET_PATH)
+    validate_config(kubernetes_text)
+    kubernetes = yaml.safe_load(kubernetes_text)
+
+    def routes(config: dict) -> list:  # type: ignore[type-arg]
+        manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        return manager["route_config"]["virtual_hosts"][0]["routes"]  # type: ignore[no-any-return]
+
+    assert routes(local) == routes(kubernetes)
+    assert kubernetes["static_resources"]["clusters"][0]["type"] == "STRICT_DNS"
+
+
+def test_every_service_is_transcoded_and_health_checked() -> None:
+    config = yaml.safe_load(render_config(upstreams(dns=False)))
+    filters = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"
+    ]
+    transcoder = next(f for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder")["typed_config"]
+    health = next(f for f in filters if f["name"] == "envoy.filters.http.health_check")["typed_config"]
+    for name, entry in SERVICES.items():
+        assert set(entry.grpc_services()) <= set(transcoder["services"])
+        assert health["cluster_min_healthy_percentages"][name] == {"value": 100}

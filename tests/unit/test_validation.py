@@ -1,0 +1,92 @@
+"""Validation rules written in the protos, checked without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from qrmesh.platform.errors import InvalidArgument
+from qrmesh.platform.validation import validate, violations
+from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2
+
+Request = qr_code_service_pb2.RenderQrCodeRequest
+
+
+def url_request(url: str, **fields: object) -> Request:
+    return Request(content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload(url=url)), **fields)
+
+
+def fields_of(message: Request) -> dict[str, str]:
+    return {v.field: v.description for v in violations(message)}
+
+
+def test_valid_request_has_no_violations() -> None:
+    assert violations(url_request("https://example.com/a?b=c#d", size=256, quiet_zone=0)) == []
+
+
+def test_missing_content_is_required() -> None:
+    assert fields_of(Request()) == {"content": "is required"}
+
+
+def test_oneof_without_a_member_names_the_choices() -> None:
+    found = fields_of(Request(content=qr_code_pb2.Content()))
+    assert found == {"content": "exactly one of url, text must be set"}
+
+
+def test_empty_url_is_required() -> None:
+    message = Request(content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload()))
+    assert fields_of(message) == {"content.url.url": "is required"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "data:text/html,<b>x</b>",
+        "file:///etc/passwd",
+        "ftp://example.com/",
+        "https://",
+        "example.com",
+        "https://exa mple.com/",
+        "https://example.com:99999/",
+        "http://example.com/\nSet-Cookie:x",
+    ],
+)
+def test_urls_that_are_not_absolute_http_are_refused(url: str) -> None:
+    found = fields_of(url_request(url))
+    assert found == {"content.url.url": "must be an absolute URL starting with http:// or https://"}
+
+
+def test_url_length_is_limited() -> None:
+    found = fields_of(url_request("https://example.com/" + "a" * 2048))
+    assert found["content.url.url"].startswith("must be at most 2048 characters long")
+
+
+def test_integer_range_reports_bounds_and_value() -> None:
+    assert fields_of(url_request("https://a.example", size=5000)) == {"size": "must be between 0 and 4096 (got 5000)"}
+    assert fields_of(url_request("https://a.example", quiet_zone=17)) == {
+        "quietZone": "must be between 0 and 16 (got 17)"
+    }
+
+
+def test_optional_field_set_to_zero_is_checked_and_allowed() -> None:
+    message = url_request("https://a.example", quiet_zone=0)
+    assert message.HasField("quiet_zone")
+    assert violations(message) == []
+
+
+def test_unknown_enum_number_is_refused() -> None:
+    message = url_request("https://a.example")
+    message.format = 42  # type: ignore[assignment]  # what a client on a newer contract may send
+    assert fields_of(message) == {"format": "must be one of PNG, SVG, PDF (got 42)"}
+
+
+def test_every_violation_is_reported_at_once() -> None:
+    message = url_request("javascript:x", size=9999, quiet_zone=99)
+    assert set(fields_of(message)) == {"content.url.url", "size", "quietZone"}
+
+
+def test_validate_raises_invalid_argument_with_violations() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate(url_request(""))
+    assert caught.value.violations[0].field == "content.url.url"
+    assert str(caught.value) == "content.url.url: is required"
