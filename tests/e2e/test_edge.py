@@ -63,7 +63,8 @@ def test_bad_input_is_400_json_naming_the_field(edge: str, body: object, field: 
     assert error["code"] == 3
     assert field in error["message"]
     infos = [d for d in error["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
-    assert infos and infos[0]["domain"] == "qrmesh.dev"
+    assert infos
+    assert infos[0]["domain"] == "qrmesh.dev"
 
 
 def test_violations_come_back_as_bad_request_details(edge: str) -> None:

@@ -116,7 +116,8 @@ async def test_channel_sets_a_default_deadline(probe_server: Server) -> None:
     async with create_channel(f"127.0.0.1:{probe_server.port}", default_deadline=3.0) as channel:
         answer = await call(probe_server, "deadline", channel=channel)
     remaining = float(answer.data)
-    assert 0 < remaining <= 3.0
+    # The server sees the 3 s deadline (a little clock skew aside); without one it would be None.
+    assert 0 < remaining < 3.5
 
 
 async def test_trace_continues_from_client_to_server(probe_server: Server, spans: InMemorySpanExporter) -> None:

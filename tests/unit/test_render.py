@@ -48,7 +48,9 @@ def test_higher_error_correction_needs_a_bigger_symbol() -> None:
 def test_svg_and_pdf_are_vector_documents() -> None:
     svg = render("https://example.com", RenderOptions(format=Format.SVG))
     assert svg.content_type == "image/svg+xml"
-    assert svg.data.startswith(b"<?xml") and b"<svg" in svg.data and b"<path" in svg.data
+    assert svg.data.startswith(b"<?xml")
+    assert b"<svg" in svg.data
+    assert b"<path" in svg.data
     pdf = render("https://example.com", RenderOptions(format=Format.PDF))
     assert pdf.content_type == "application/pdf"
     assert pdf.data.startswith(b"%PDF-")
