@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -49,5 +50,8 @@ class QrCodeServicer(qr_code_service_pb2_grpc.QrCodeServiceServicer):
             error_correction=_LEVELS[request.error_correction],
             quiet_zone=request.quiet_zone if request.HasField("quiet_zone") else DEFAULT_QUIET_ZONE,
         )
-        image = render(payloads.encode(payload_from_proto(request.content)), options)
+        text = payloads.encode(payload_from_proto(request.content))
+        # Rendering is CPU work (tens of ms for large images): keep the event loop,
+        # and with it health checks and other calls, responsive.
+        image = await asyncio.to_thread(render, text, options)
         return httpbody_pb2.HttpBody(content_type=image.content_type, data=image.data)

@@ -1,0 +1,143 @@
+"""Render over gRPC: qrmesh's qr service (full interceptor chain: tracing,
+validation, error mapping) against a bare grpc.aio server doing the same
+rendering with segno, and segno alone in-process, all measured in this run.
+
+    python -m bench.render_rpc [--requests 2000] [--concurrency 16] [--runs 3]
+
+Prints a table and writes bench/results/render_rpc.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import segno
+from google.api import httpbody_pb2
+
+from qrmesh.platform.server import ServiceSpec, create_server
+from qrmesh.platform.settings import Settings
+from qrmesh.qr import server as qr_server
+from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
+
+URL = "https://example.com/campaign/spring?utm_source=poster"
+REQUEST = qr_code_service_pb2.RenderQrCodeRequest(
+    content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload(url=URL)), size=512
+)
+METHOD = "/qrmesh.qr.v1.QrCodeService/RenderQrCode"
+
+
+def segno_png() -> bytes:
+    symbol = segno.make(URL, error="M", micro=False)
+    scale = max(1, 512 // symbol.symbol_size(scale=1, border=4)[0])
+    out = io.BytesIO()
+    symbol.save(out, kind="png", scale=scale, border=4)
+    return out.getvalue()
+
+
+async def bare_server() -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with no interceptors that renders with segno directly."""
+
+    async def render(request: Any, context: Any) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(content_type="image/png", data=segno_png())
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        render, qr_code_service_pb2.RenderQrCodeRequest.FromString, httpbody_pb2.HttpBody.SerializeToString
+    )
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("qrmesh.qr.v1.QrCodeService", {"RenderQrCode": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+async def load(port: int, requests: int, concurrency: int) -> dict[str, float]:
+    """Send `requests` calls over one channel, `concurrency` at a time."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = qr_code_service_pb2_grpc.QrCodeServiceStub(channel)
+        await stub.RenderQrCode(REQUEST)  # warm up
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                started = time.perf_counter()
+                await stub.RenderQrCode(REQUEST)
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "rps": requests / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def in_process(requests: int) -> dict[str, float]:
+    began = time.perf_counter()
+    for _ in range(requests):
+        segno_png()
+    elapsed = time.perf_counter() - began
+    return {"rps": requests / elapsed, "p50_ms": elapsed / requests * 1000, "p99_ms": float("nan")}
+
+
+async def measure(runs: int, fn: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, Any]:
+    samples = [await fn() for _ in range(runs)]
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = statistics.median(values)
+        out[key + "_spread"] = (max(values) - min(values)) / out[key] if out[key] else 0.0
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    settings = Settings(service="qr", database_url="postgresql://unused", redis_url="redis://unused", port=0)
+    spec = ServiceSpec(name="qr", register=qr_server.register, uses_database=False, uses_redis=False)
+    ours, our_port = await create_server(settings, spec)
+    await ours.start()
+    bare, bare_port = await bare_server()
+    try:
+        results = {
+            "segno in-process": await measure(args.runs, lambda: asyncio.to_thread(in_process, args.requests // 4)),
+            "bare grpc.aio + segno": await measure(args.runs, lambda: load(bare_port, args.requests, args.concurrency)),
+            "qrmesh qr service": await measure(args.runs, lambda: load(our_port, args.requests, args.concurrency)),
+        }
+    finally:
+        await ours.stop(0)
+        await bare.stop(0)
+
+    baseline = results["bare grpc.aio + segno"]
+    print(f"RenderQrCode PNG 512px, {args.requests} calls x {args.runs} runs, concurrency {args.concurrency}")
+    print(f"{'':26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'vs bare':>10}{'spread':>9}")
+    for name, r in results.items():
+        ratio = r["rps"] / baseline["rps"]
+        print(f"{name:26}{r['rps']:10.0f}{r['p50_ms']:10.2f}{r['p99_ms']:10.2f}{ratio:10.2f}{r['rps_spread']:9.1%}")
+    out = Path(__file__).with_name("results")
+    out.mkdir(exist_ok=True)
+    document = {"machine": platform.platform(), "python": platform.python_version(), "args": vars(args), **results}
+    (out / "render_rpc.json").write_text(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
