@@ -11,8 +11,8 @@ from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2
 Request = qr_code_service_pb2.RenderQrCodeRequest
 
 
-def url_request(url: str, **fields: object) -> Request:
-    return Request(content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload(url=url)), **fields)
+def url_request(url: str, **fields: int) -> Request:
+    return Request(content=qr_code_pb2.Content(url=qr_code_pb2.UrlPayload(url=url)), **fields)  # type: ignore[arg-type]
 
 
 def fields_of(message: Request) -> dict[str, str]:
