@@ -54,7 +54,8 @@ breaking: $(BUILD)/lint.binpb ## buf breaking against $(BREAKING_AGAINST)
 	  echo "$(BREAKING_AGAINST) has no proto/ yet: nothing to break"; exit 0; fi; \
 	git archive $(BREAKING_AGAINST) proto | tar -x -C $(BUILD)/against; \
 	$(BIN)/python tools/genproto.py --proto-root $(BUILD)/against/proto --descriptor-only $(BUILD)/against.binpb; \
-	$(BIN)/buf breaking $(BUILD)/lint.binpb --against $(BUILD)/against.binpb --path qrmesh
+	$(BIN)/buf breaking $(BUILD)/lint.binpb --against $(BUILD)/against.binpb --path qrmesh; \
+	echo "no breaking changes against $(BREAKING_AGAINST)"
 
 .PHONY: fmt
 fmt: $(INSTALLED) ## Format Python and protos in place
