@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -14,45 +15,24 @@ from qrmesh.platform.settings import Settings, SettingsError
 
 def _serve(args: argparse.Namespace) -> int:
     from qrmesh.platform.logs import configure_logging
-    from qrmesh.platform.server import create_server
+    from qrmesh.platform.server import serve
 
     entry = SERVICES[args.service]
     try:
-        settings = Settings.from_env(entry.name, port=entry.default_port if args.port is None else args.port)
+        settings = Settings.from_env(entry.name, port=entry.default_port)
     except SettingsError as exc:
         print(f"qrmesh serve {entry.name}: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     if args.port is not None:
-        settings = _replace_port(settings, args.port)
+        settings = dataclasses.replace(settings, port=args.port)
     configure_logging(entry.name, settings.log_level, settings.log_format)
-    spec = entry.load().SPEC
 
-    async def main() -> None:
-        import signal
-
-        server, port = await create_server(settings, spec)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await server.start()
-        except BaseException:
-            await server.stop(0)
-            raise
+    async def ready(port: int) -> None:
         if args.port_file:
             await asyncio.to_thread(Path(args.port_file).write_text, str(port))
-        await stop.wait()
-        await server.stop()
 
-    asyncio.run(main())
+    asyncio.run(serve(settings, entry.load().SPEC, on_ready=ready))
     return 0
-
-
-def _replace_port(settings: Settings, port: int) -> Settings:
-    from dataclasses import replace
-
-    return replace(settings, port=port)
 
 
 def _run(args: argparse.Namespace) -> int:

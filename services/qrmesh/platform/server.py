@@ -140,9 +140,14 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     return server, port
 
 
-async def serve(settings: Settings, spec: ServiceSpec) -> None:
-    """Run a service until SIGTERM or SIGINT, then shut down gracefully."""
-    server, _ = await create_server(settings, spec)
+async def serve(
+    settings: Settings, spec: ServiceSpec, *, on_ready: Callable[[int], Awaitable[None]] | None = None
+) -> None:
+    """Run a service until SIGTERM or SIGINT, then shut down gracefully.
+
+    `on_ready(port)` runs once the service reports SERVING.
+    """
+    server, port = await create_server(settings, spec)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,6 +157,8 @@ async def serve(settings: Settings, spec: ServiceSpec) -> None:
     except BaseException:
         await server.stop(0)
         raise
+    if on_ready is not None:
+        await on_ready(port)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
     await server.stop()
