@@ -3,8 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -26,6 +30,18 @@ class Content(_message.Message):
 
     URL_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    SMS_FIELD_NUMBER: _builtins.int
+    WIFI_FIELD_NUMBER: _builtins.int
+    VCARD_FIELD_NUMBER: _builtins.int
+    MECARD_FIELD_NUMBER: _builtins.int
+    GEO_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    EPC_FIELD_NUMBER: _builtins.int
+    SWISH_FIELD_NUMBER: _builtins.int
+    BITCOIN_FIELD_NUMBER: _builtins.int
+    WHATSAPP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def url(self) -> Global___UrlPayload:
         """A web address."""
@@ -34,17 +50,77 @@ class Content(_message.Message):
     def text(self) -> Global___TextPayload:
         """Plain text, encoded as is."""
 
+    @_builtins.property
+    def email(self) -> Global___EmailPayload:
+        """An email to write (`mailto:`, RFC 6068)."""
+
+    @_builtins.property
+    def phone(self) -> Global___PhonePayload:
+        """A phone number to call (`tel:`)."""
+
+    @_builtins.property
+    def sms(self) -> Global___SmsPayload:
+        """A text message to send (`SMSTO:`)."""
+
+    @_builtins.property
+    def wifi(self) -> Global___WifiPayload:
+        """A Wi-Fi network to join (`WIFI:`)."""
+
+    @_builtins.property
+    def vcard(self) -> Global___VCardPayload:
+        """A contact card (vCard 3.0 or 4.0)."""
+
+    @_builtins.property
+    def mecard(self) -> Global___MeCardPayload:
+        """A compact contact card (`MECARD:`)."""
+
+    @_builtins.property
+    def geo(self) -> Global___GeoPayload:
+        """A place (`geo:`, RFC 5870)."""
+
+    @_builtins.property
+    def event(self) -> Global___EventPayload:
+        """A calendar event (iCalendar VEVENT, RFC 5545)."""
+
+    @_builtins.property
+    def epc(self) -> Global___EpcPayload:
+        """A SEPA credit transfer (EPC069-12 "GiroCode")."""
+
+    @_builtins.property
+    def swish(self) -> Global___SwishPayload:
+        """A Swish payment (Sweden)."""
+
+    @_builtins.property
+    def bitcoin(self) -> Global___BitcoinPayload:
+        """A Bitcoin payment request (BIP21)."""
+
+    @_builtins.property
+    def whatsapp(self) -> Global___WhatsAppPayload:
+        """A WhatsApp chat (`https://wa.me/`)."""
+
     def __init__(
         self,
         *,
         url: Global___UrlPayload | None = ...,
         text: Global___TextPayload | None = ...,
+        email: Global___EmailPayload | None = ...,
+        phone: Global___PhonePayload | None = ...,
+        sms: Global___SmsPayload | None = ...,
+        wifi: Global___WifiPayload | None = ...,
+        vcard: Global___VCardPayload | None = ...,
+        mecard: Global___MeCardPayload | None = ...,
+        geo: Global___GeoPayload | None = ...,
+        event: Global___EventPayload | None = ...,
+        epc: Global___EpcPayload | None = ...,
+        swish: Global___SwishPayload | None = ...,
+        bitcoin: Global___BitcoinPayload | None = ...,
+        whatsapp: Global___WhatsAppPayload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "text", b"text", "url", b"url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bitcoin", b"bitcoin", "email", b"email", "epc", b"epc", "event", b"event", "geo", b"geo", "kind", b"kind", "mecard", b"mecard", "phone", b"phone", "sms", b"sms", "swish", b"swish", "text", b"text", "url", b"url", "vcard", b"vcard", "whatsapp", b"whatsapp", "wifi", b"wifi"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "text", b"text", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bitcoin", b"bitcoin", "email", b"email", "epc", b"epc", "event", b"event", "geo", b"geo", "kind", b"kind", "mecard", b"mecard", "phone", b"phone", "sms", b"sms", "swish", b"swish", "text", b"text", "url", b"url", "vcard", b"vcard", "whatsapp", b"whatsapp", "wifi", b"wifi"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["url", "text"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["url", "text", "email", "phone", "sms", "wifi", "vcard", "mecard", "geo", "event", "epc", "swish", "bitcoin", "whatsapp"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -80,7 +156,9 @@ class TextPayload(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """The text, 1 to 2000 characters."""
+    """The text, 1 to 4296 characters (what fits depends on the characters and
+    the error correction).
+    """
     def __init__(
         self,
         *,
@@ -93,3 +171,652 @@ class TextPayload(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TextPayload: _TypeAlias = TextPayload  # noqa: Y015
+
+@_typing.final
+class EmailPayload(_message.Message):
+    """EmailPayload opens a new email (`mailto:` with percent-encoding, RFC 6068)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    to: _builtins.str
+    """The recipient's address."""
+    subject: _builtins.str
+    """The subject line."""
+    body: _builtins.str
+    """The message body."""
+    def __init__(
+        self,
+        *,
+        to: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "subject", b"subject", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmailPayload: _TypeAlias = EmailPayload  # noqa: Y015
+
+@_typing.final
+class PhonePayload(_message.Message):
+    """PhonePayload starts a call (`tel:`). Numbers are normalized to E.164 when
+    they start with `+` or `00`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The phone number, e.g. "+46 70 123 45 67"."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PhonePayload: _TypeAlias = PhonePayload  # noqa: Y015
+
+@_typing.final
+class SmsPayload(_message.Message):
+    """SmsPayload prepares a text message (`SMSTO:number:message`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The recipient's phone number."""
+    message: _builtins.str
+    """The message text."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SmsPayload: _TypeAlias = SmsPayload  # noqa: Y015
+
+@_typing.final
+class WifiPayload(_message.Message):
+    """WifiPayload joins a Wi-Fi network (ZXing's `WIFI:` format)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Security:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _SecurityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WifiPayload._Security.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        SECURITY_UNSPECIFIED: WifiPayload._Security.ValueType  # 0
+        """Not set; WPA is used when a password is given, NOPASS otherwise."""
+        WPA: WifiPayload._Security.ValueType  # 1
+        """WPA or WPA2 personal (WPA3 transition networks too)."""
+        WEP: WifiPayload._Security.ValueType  # 2
+        """WEP (legacy)."""
+        NOPASS: WifiPayload._Security.ValueType  # 3
+        """An open network."""
+        WPA2_EAP: WifiPayload._Security.ValueType  # 4
+        """WPA2 enterprise (802.1X with EAP)."""
+
+    class Security(_Security, metaclass=_SecurityEnumTypeWrapper):
+        """Security is how the network authenticates."""
+
+    SECURITY_UNSPECIFIED: WifiPayload.Security.ValueType  # 0
+    """Not set; WPA is used when a password is given, NOPASS otherwise."""
+    WPA: WifiPayload.Security.ValueType  # 1
+    """WPA or WPA2 personal (WPA3 transition networks too)."""
+    WEP: WifiPayload.Security.ValueType  # 2
+    """WEP (legacy)."""
+    NOPASS: WifiPayload.Security.ValueType  # 3
+    """An open network."""
+    WPA2_EAP: WifiPayload.Security.ValueType  # 4
+    """WPA2 enterprise (802.1X with EAP)."""
+
+    SSID_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    SECURITY_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    EAP_METHOD_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_IDENTITY_FIELD_NUMBER: _builtins.int
+    PHASE2_METHOD_FIELD_NUMBER: _builtins.int
+    ssid: _builtins.str
+    """The network name, 1 to 32 bytes of UTF-8."""
+    password: _builtins.str
+    """The password; required unless the network is open."""
+    security: Global___WifiPayload.Security.ValueType
+    """How the network authenticates."""
+    hidden: _builtins.bool
+    """Whether the network hides its name."""
+    eap_method: _builtins.str
+    """WPA2_EAP only: the EAP method, e.g. "PEAP", "TTLS", "TLS", "PWD"."""
+    identity: _builtins.str
+    """WPA2_EAP only: the identity (user name)."""
+    anonymous_identity: _builtins.str
+    """WPA2_EAP only: the anonymous (outer) identity."""
+    phase2_method: _builtins.str
+    """WPA2_EAP only: the phase 2 method, e.g. "MSCHAPV2"."""
+    def __init__(
+        self,
+        *,
+        ssid: _builtins.str = ...,
+        password: _builtins.str = ...,
+        security: Global___WifiPayload.Security.ValueType = ...,
+        hidden: _builtins.bool = ...,
+        eap_method: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        anonymous_identity: _builtins.str = ...,
+        phase2_method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_identity", b"anonymous_identity", "eap_method", b"eap_method", "hidden", b"hidden", "identity", b"identity", "password", b"password", "phase2_method", b"phase2_method", "security", b"security", "ssid", b"ssid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WifiPayload: _TypeAlias = WifiPayload  # noqa: Y015
+
+@_typing.final
+class VCardPayload(_message.Message):
+    """VCardPayload is a contact card (RFC 2426 for version 3, RFC 6350 for 4)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Phone(_message.Message):
+        """Phone is one phone number of the contact."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Type:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[VCardPayload.Phone._Type.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            TYPE_UNSPECIFIED: VCardPayload.Phone._Type.ValueType  # 0
+            """Not set; no TYPE parameter is written."""
+            CELL: VCardPayload.Phone._Type.ValueType  # 1
+            """A mobile phone."""
+            WORK: VCardPayload.Phone._Type.ValueType  # 2
+            """A work phone."""
+            HOME: VCardPayload.Phone._Type.ValueType  # 3
+            """A home phone."""
+            FAX: VCardPayload.Phone._Type.ValueType  # 4
+            """A fax."""
+
+        class Type(_Type, metaclass=_TypeEnumTypeWrapper):
+            """Type says what kind of phone it is."""
+
+        TYPE_UNSPECIFIED: VCardPayload.Phone.Type.ValueType  # 0
+        """Not set; no TYPE parameter is written."""
+        CELL: VCardPayload.Phone.Type.ValueType  # 1
+        """A mobile phone."""
+        WORK: VCardPayload.Phone.Type.ValueType  # 2
+        """A work phone."""
+        HOME: VCardPayload.Phone.Type.ValueType  # 3
+        """A home phone."""
+        FAX: VCardPayload.Phone.Type.ValueType  # 4
+        """A fax."""
+
+        NUMBER_FIELD_NUMBER: _builtins.int
+        TYPE_FIELD_NUMBER: _builtins.int
+        number: _builtins.str
+        """The phone number."""
+        type: Global___VCardPayload.Phone.Type.ValueType
+        """What kind of phone it is."""
+        def __init__(
+            self,
+            *,
+            number: _builtins.str = ...,
+            type: Global___VCardPayload.Phone.Type.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "type", b"type"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class Address(_message.Message):
+        """Address is a postal address."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        STREET_FIELD_NUMBER: _builtins.int
+        CITY_FIELD_NUMBER: _builtins.int
+        REGION_FIELD_NUMBER: _builtins.int
+        POSTAL_CODE_FIELD_NUMBER: _builtins.int
+        COUNTRY_FIELD_NUMBER: _builtins.int
+        street: _builtins.str
+        """Street and number."""
+        city: _builtins.str
+        """City or locality."""
+        region: _builtins.str
+        """Region, state or province."""
+        postal_code: _builtins.str
+        """Postal code."""
+        country: _builtins.str
+        """Country."""
+        def __init__(
+            self,
+            *,
+            street: _builtins.str = ...,
+            city: _builtins.str = ...,
+            region: _builtins.str = ...,
+            postal_code: _builtins.str = ...,
+            country: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["city", b"city", "country", b"country", "postal_code", b"postal_code", "region", b"region", "street", b"street"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    FIRST_NAME_FIELD_NUMBER: _builtins.int
+    LAST_NAME_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    PHONES_FIELD_NUMBER: _builtins.int
+    EMAILS_FIELD_NUMBER: _builtins.int
+    URLS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The vCard version, 3 or 4; 3 (the most widely read) when not set."""
+    first_name: _builtins.str
+    """Given name."""
+    last_name: _builtins.str
+    """Family name."""
+    organization: _builtins.str
+    """Company or organization."""
+    title: _builtins.str
+    """Job title."""
+    note: _builtins.str
+    """A free note."""
+    birthday: _builtins.str
+    """Birthday as YYYY-MM-DD."""
+    @_builtins.property
+    def phones(self) -> _containers.RepeatedCompositeFieldContainer[Global___VCardPayload.Phone]:
+        """Phone numbers, at most 5."""
+
+    @_builtins.property
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Email addresses, at most 5."""
+
+    @_builtins.property
+    def urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Web sites, at most 5."""
+
+    @_builtins.property
+    def address(self) -> Global___VCardPayload.Address:
+        """Postal address."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        first_name: _builtins.str = ...,
+        last_name: _builtins.str = ...,
+        organization: _builtins.str = ...,
+        title: _builtins.str = ...,
+        phones: _abc.Iterable[Global___VCardPayload.Phone] | None = ...,
+        emails: _abc.Iterable[_builtins.str] | None = ...,
+        urls: _abc.Iterable[_builtins.str] | None = ...,
+        address: Global___VCardPayload.Address | None = ...,
+        note: _builtins.str = ...,
+        birthday: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "birthday", b"birthday", "emails", b"emails", "first_name", b"first_name", "last_name", b"last_name", "note", b"note", "organization", b"organization", "phones", b"phones", "title", b"title", "urls", b"urls", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VCardPayload: _TypeAlias = VCardPayload  # noqa: Y015
+
+@_typing.final
+class MeCardPayload(_message.Message):
+    """MeCardPayload is a compact contact card (NTT DoCoMo's `MECARD:`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    READING_FIELD_NUMBER: _builtins.int
+    PHONES_FIELD_NUMBER: _builtins.int
+    EMAILS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
+    NICKNAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Full name ("Last,First" or as written)."""
+    reading: _builtins.str
+    """Phonetic reading of the name."""
+    url: _builtins.str
+    """Web site."""
+    address: _builtins.str
+    """Postal address, written in one line."""
+    note: _builtins.str
+    """A free note."""
+    birthday: _builtins.str
+    """Birthday as YYYY-MM-DD."""
+    nickname: _builtins.str
+    """Nickname."""
+    @_builtins.property
+    def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phone numbers, at most 5."""
+
+    @_builtins.property
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Email addresses, at most 5."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reading: _builtins.str = ...,
+        phones: _abc.Iterable[_builtins.str] | None = ...,
+        emails: _abc.Iterable[_builtins.str] | None = ...,
+        url: _builtins.str = ...,
+        address: _builtins.str = ...,
+        note: _builtins.str = ...,
+        birthday: _builtins.str = ...,
+        nickname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "birthday", b"birthday", "emails", b"emails", "name", b"name", "nickname", b"nickname", "note", b"note", "phones", b"phones", "reading", b"reading", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeCardPayload: _TypeAlias = MeCardPayload  # noqa: Y015
+
+@_typing.final
+class GeoPayload(_message.Message):
+    """GeoPayload is a place on Earth (RFC 5870 `geo:` URI, WGS-84)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    ALTITUDE_FIELD_NUMBER: _builtins.int
+    latitude: _builtins.float
+    """Latitude in degrees, -90 to 90."""
+    longitude: _builtins.float
+    """Longitude in degrees, -180 to 180."""
+    altitude: _builtins.float
+    """Altitude in meters."""
+    def __init__(
+        self,
+        *,
+        latitude: _builtins.float | None = ...,
+        longitude: _builtins.float | None = ...,
+        altitude: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_altitude", b"_altitude", "_latitude", b"_latitude", "_longitude", b"_longitude", "altitude", b"altitude", "latitude", b"latitude", "longitude", b"longitude"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_altitude", b"_altitude", "_latitude", b"_latitude", "_longitude", b"_longitude", "altitude", b"altitude", "latitude", b"latitude", "longitude", b"longitude"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__altitude: _TypeAlias = _typing.Literal["altitude"]  # noqa: Y015
+    _WhichOneofArgType__altitude: _TypeAlias = _typing.Literal["_altitude", b"_altitude"]  # noqa: Y015
+    _WhichOneofReturnType__latitude: _TypeAlias = _typing.Literal["latitude"]  # noqa: Y015
+    _WhichOneofArgType__latitude: _TypeAlias = _typing.Literal["_latitude", b"_latitude"]  # noqa: Y015
+    _WhichOneofReturnType__longitude: _TypeAlias = _typing.Literal["longitude"]  # noqa: Y015
+    _WhichOneofArgType__longitude: _TypeAlias = _typing.Literal["_longitude", b"_longitude"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__altitude) -> _WhichOneofReturnType__altitude | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__latitude) -> _WhichOneofReturnType__latitude | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__longitude) -> _WhichOneofReturnType__longitude | None: ...
+
+Global___GeoPayload: _TypeAlias = GeoPayload  # noqa: Y015
+
+@_typing.final
+class EventPayload(_message.Message):
+    """EventPayload is a calendar event (an iCalendar VEVENT with UID and DTSTAMP)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ALL_DAY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    summary: _builtins.str
+    """The title."""
+    location: _builtins.str
+    """Where it happens."""
+    description: _builtins.str
+    """What it is about."""
+    all_day: _builtins.bool
+    """A whole-day event: only the dates of `start` and `end` (in `time_zone`) count."""
+    time_zone: _builtins.str
+    """The IANA time zone of the event, e.g. "Europe/Stockholm"; UTC when not set."""
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """When it starts."""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """When it ends; not before `start`."""
+
+    def __init__(
+        self,
+        *,
+        summary: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        location: _builtins.str = ...,
+        description: _builtins.str = ...,
+        all_day: _builtins.bool = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_day", b"all_day", "description", b"description", "end", b"end", "location", b"location", "start", b"start", "summary", b"summary", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventPayload: _TypeAlias = EventPayload  # noqa: Y015
+
+@_typing.final
+class EpcPayload(_message.Message):
+    """EpcPayload is a SEPA credit transfer (EPC069-12 version 002, "GiroCode").
+    Encoded at error correction M, at most 331 bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    IBAN_FIELD_NUMBER: _builtins.int
+    BIC_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    INFORMATION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The beneficiary's name, at most 70 characters."""
+    iban: _builtins.str
+    """The beneficiary's IBAN (spaces allowed); its checksum is verified."""
+    bic: _builtins.str
+    """The beneficiary bank's BIC, 8 or 11 characters; optional inside the EEA."""
+    amount: _builtins.str
+    """The amount in euros, 0.01 to 999999999.99, e.g. "12.50"; empty to let the payer choose."""
+    purpose: _builtins.str
+    """The purpose code (ISO 20022 ExternalPurpose1Code), 4 letters, e.g. "CHAR"."""
+    reference: _builtins.str
+    """A structured creditor reference (ISO 11649 "RF..."), at most 35 characters;
+    not together with `text`.
+    """
+    text: _builtins.str
+    """Unstructured remittance text, at most 140 characters; not together with `reference`."""
+    information: _builtins.str
+    """A note to the payer, at most 70 characters."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        iban: _builtins.str = ...,
+        bic: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        text: _builtins.str = ...,
+        information: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bic", b"bic", "iban", b"iban", "information", b"information", "name", b"name", "purpose", b"purpose", "reference", b"reference", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EpcPayload: _TypeAlias = EpcPayload  # noqa: Y015
+
+@_typing.final
+class SwishPayload(_message.Message):
+    """SwishPayload is a prefilled Swish payment (the `C` format)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Editable(_message.Message):
+        """Editable says which prefilled fields the payer may change."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PAYEE_FIELD_NUMBER: _builtins.int
+        AMOUNT_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        payee: _builtins.bool
+        """The payee may be changed."""
+        amount: _builtins.bool
+        """The amount may be changed."""
+        message: _builtins.bool
+        """The message may be changed."""
+        def __init__(
+            self,
+            *,
+            payee: _builtins.bool = ...,
+            amount: _builtins.bool = ...,
+            message: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "message", b"message", "payee", b"payee"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PAYEE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    EDITABLE_FIELD_NUMBER: _builtins.int
+    payee: _builtins.str
+    """The payee: a Swish number (123 456 78 90) or a mobile number."""
+    amount: _builtins.str
+    """The amount in SEK, e.g. "100.50"; empty to let the payer choose."""
+    message: _builtins.str
+    """The payment message, at most 50 characters."""
+    @_builtins.property
+    def editable(self) -> Global___SwishPayload.Editable:
+        """Which fields the payer may change; none when not set."""
+
+    def __init__(
+        self,
+        *,
+        payee: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        message: _builtins.str = ...,
+        editable: Global___SwishPayload.Editable | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["editable", b"editable"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "editable", b"editable", "message", b"message", "payee", b"payee"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwishPayload: _TypeAlias = SwishPayload  # noqa: Y015
+
+@_typing.final
+class BitcoinPayload(_message.Message):
+    """BitcoinPayload is a Bitcoin payment request (BIP21 `bitcoin:` URI)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The receiving address (base58 or bech32)."""
+    amount: _builtins.str
+    """The amount in BTC, e.g. "0.0015"."""
+    label: _builtins.str
+    """A label for the receiver."""
+    message: _builtins.str
+    """A message describing the payment."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        label: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "amount", b"amount", "label", b"label", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BitcoinPayload: _TypeAlias = BitcoinPayload  # noqa: Y015
+
+@_typing.final
+class WhatsAppPayload(_message.Message):
+    """WhatsAppPayload opens a WhatsApp chat (`https://wa.me/<digits>?text=...`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """The phone number in international format, e.g. "+46 70 123 45 67"."""
+    message: _builtins.str
+    """A message to prefill."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhatsAppPayload: _TypeAlias = WhatsAppPayload  # noqa: Y015

@@ -3,18 +3,26 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from qrmesh.qr.v1 import design_pb2 as _design_pb2
 from qrmesh.qr.v1 import qr_code_pb2 as _qr_code_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -38,6 +46,12 @@ class RenderQrCodeRequest(_message.Message):
         """An SVG vector image."""
         PDF: RenderQrCodeRequest._Format.ValueType  # 3
         """A PDF document with a vector image."""
+        EPS: RenderQrCodeRequest._Format.ValueType  # 4
+        """An Encapsulated PostScript vector image."""
+        JPEG: RenderQrCodeRequest._Format.ValueType  # 5
+        """A JPEG raster image (no transparency)."""
+        WEBP: RenderQrCodeRequest._Format.ValueType  # 6
+        """A lossless WebP raster image."""
 
     class Format(_Format, metaclass=_FormatEnumTypeWrapper):
         """Format is the image format of the answer."""
@@ -50,6 +64,12 @@ class RenderQrCodeRequest(_message.Message):
     """An SVG vector image."""
     PDF: RenderQrCodeRequest.Format.ValueType  # 3
     """A PDF document with a vector image."""
+    EPS: RenderQrCodeRequest.Format.ValueType  # 4
+    """An Encapsulated PostScript vector image."""
+    JPEG: RenderQrCodeRequest.Format.ValueType  # 5
+    """A JPEG raster image (no transparency)."""
+    WEBP: RenderQrCodeRequest.Format.ValueType  # 6
+    """A lossless WebP raster image."""
 
     class _ErrorCorrection:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -58,7 +78,7 @@ class RenderQrCodeRequest(_message.Message):
     class _ErrorCorrectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[RenderQrCodeRequest._ErrorCorrection.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         ERROR_CORRECTION_UNSPECIFIED: RenderQrCodeRequest._ErrorCorrection.ValueType  # 0
-        """Not set; MEDIUM is used."""
+        """Not set."""
         LOW: RenderQrCodeRequest._ErrorCorrection.ValueType  # 1
         """About 7% of the symbol can be restored."""
         MEDIUM: RenderQrCodeRequest._ErrorCorrection.ValueType  # 2
@@ -69,10 +89,10 @@ class RenderQrCodeRequest(_message.Message):
         """About 30% of the symbol can be restored."""
 
     class ErrorCorrection(_ErrorCorrection, metaclass=_ErrorCorrectionEnumTypeWrapper):
-        """ErrorCorrection is how much of the symbol may be damaged and still scan."""
+        """ErrorCorrection is the legacy spelling of Design.ErrorCorrection."""
 
     ERROR_CORRECTION_UNSPECIFIED: RenderQrCodeRequest.ErrorCorrection.ValueType  # 0
-    """Not set; MEDIUM is used."""
+    """Not set."""
     LOW: RenderQrCodeRequest.ErrorCorrection.ValueType  # 1
     """About 7% of the symbol can be restored."""
     MEDIUM: RenderQrCodeRequest.ErrorCorrection.ValueType  # 2
@@ -87,22 +107,55 @@ class RenderQrCodeRequest(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     ERROR_CORRECTION_FIELD_NUMBER: _builtins.int
     QUIET_ZONE_FIELD_NUMBER: _builtins.int
+    DESIGN_FIELD_NUMBER: _builtins.int
+    DPI_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    PHYSICAL_SIZE_MM_FIELD_NUMBER: _builtins.int
     format: Global___RenderQrCodeRequest.Format.ValueType
     """The image format; PNG when not set."""
     size: _builtins.int
-    """The target width and height in pixels (PNG) or user units (SVG, PDF),
-    64 to 4096; 512 when not set. Modules are drawn at a whole number of
-    pixels each, so the image is the largest such size that fits.
+    """The target width and height in pixels, 64 to 4096; 512 when not set.
+    Raster modules are a whole number of pixels wide, so the image is the
+    largest such size that fits. Ignored when `physical_size_mm` is set.
     """
-    error_correction: Global___RenderQrCodeRequest.ErrorCorrection.ValueType
-    """The error correction level; MEDIUM when not set."""
-    quiet_zone: _builtins.int
-    """The quiet zone around the symbol in modules, 0 to 16; 4 (the standard)
-    when not set.
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def error_correction(self) -> Global___RenderQrCodeRequest.ErrorCorrection.ValueType:
+        """Deprecated: use `design.error_correction`."""
+
+    @error_correction.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def error_correction(self, value: Global___RenderQrCodeRequest.ErrorCorrection.ValueType) -> None:
+        """Deprecated: use `design.error_correction`."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def quiet_zone(self) -> _builtins.int:
+        """Deprecated: use `design.quiet_zone`."""
+
+    @quiet_zone.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def quiet_zone(self, value: _builtins.int) -> None:
+        """Deprecated: use `design.quiet_zone`."""
+
+    dpi: _builtins.int
+    """Print resolution in dots per inch, 72 to 2400; 300 when not set. With
+    `physical_size_mm` it sets the raster size; it is also written into PNG,
+    JPEG and WebP files.
     """
+    strict: _builtins.bool
+    """Refuse (FAILED_PRECONDITION) a design that would scan poorly: low
+    contrast, inverted colors, a logo over the error budget.
+    """
+    physical_size_mm: _builtins.float
+    """The printed width in millimeters, 5 to 2000; with `dpi` it sets the size."""
     @_builtins.property
     def content(self) -> _qr_code_pb2.Content:
         """What the code encodes."""
+
+    @_builtins.property
+    def design(self) -> _design_pb2.Design:
+        """How the code looks."""
 
     def __init__(
         self,
@@ -112,13 +165,172 @@ class RenderQrCodeRequest(_message.Message):
         size: _builtins.int = ...,
         error_correction: Global___RenderQrCodeRequest.ErrorCorrection.ValueType = ...,
         quiet_zone: _builtins.int | None = ...,
+        design: _design_pb2.Design | None = ...,
+        dpi: _builtins.int = ...,
+        strict: _builtins.bool = ...,
+        physical_size_mm: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_quiet_zone", b"_quiet_zone", "content", b"content", "quiet_zone", b"quiet_zone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_quiet_zone", b"_quiet_zone", "content", b"content", "design", b"design", "quiet_zone", b"quiet_zone"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quiet_zone", b"_quiet_zone", "content", b"content", "error_correction", b"error_correction", "format", b"format", "quiet_zone", b"quiet_zone", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quiet_zone", b"_quiet_zone", "content", b"content", "design", b"design", "dpi", b"dpi", "error_correction", b"error_correction", "format", b"format", "physical_size_mm", b"physical_size_mm", "quiet_zone", b"quiet_zone", "size", b"size", "strict", b"strict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quiet_zone: _TypeAlias = _typing.Literal["quiet_zone"]  # noqa: Y015
     _WhichOneofArgType__quiet_zone: _TypeAlias = _typing.Literal["_quiet_zone", b"_quiet_zone"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__quiet_zone) -> _WhichOneofReturnType__quiet_zone | None: ...
 
 Global___RenderQrCodeRequest: _TypeAlias = RenderQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class CheckQrCodeRequest(_message.Message):
+    """CheckQrCodeRequest asks for a scannability report. Over REST its body is
+    the same as a render request's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RENDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def render(self) -> Global___RenderQrCodeRequest:
+        """The render request to check."""
+
+    def __init__(
+        self,
+        *,
+        render: Global___RenderQrCodeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["render", b"render"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["render", b"render"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckQrCodeRequest: _TypeAlias = CheckQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class ScannabilityReport(_message.Message):
+    """ScannabilityReport says how well a QR code would scan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Problem(_message.Message):
+        """Problem is one thing that makes the code hard or impossible to scan."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Reason:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ScannabilityReport.Problem._Reason.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            REASON_UNSPECIFIED: ScannabilityReport.Problem._Reason.ValueType  # 0
+            """Not set."""
+            LOW_CONTRAST: ScannabilityReport.Problem._Reason.ValueType  # 1
+            """Foreground and background contrast less than 4:1."""
+            INVERTED_COLORS: ScannabilityReport.Problem._Reason.ValueType  # 2
+            """The foreground is lighter than the background; many scanners fail."""
+            LOGO_OVER_BUDGET: ScannabilityReport.Problem._Reason.ValueType  # 3
+            """The logo covers more modules than the error correction can restore."""
+            DECODE_FAILED: ScannabilityReport.Problem._Reason.ValueType  # 4
+            """The rendered image did not decode back to the payload."""
+            SMALL_QUIET_ZONE: ScannabilityReport.Problem._Reason.ValueType  # 5
+            """The quiet zone is below the standard 4 modules."""
+            MODULES_TOO_SMALL: ScannabilityReport.Problem._Reason.ValueType  # 6
+            """Modules are drawn smaller than 2 pixels (or 0.25 mm in print)."""
+
+        class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+            """Reason names the problem."""
+
+        REASON_UNSPECIFIED: ScannabilityReport.Problem.Reason.ValueType  # 0
+        """Not set."""
+        LOW_CONTRAST: ScannabilityReport.Problem.Reason.ValueType  # 1
+        """Foreground and background contrast less than 4:1."""
+        INVERTED_COLORS: ScannabilityReport.Problem.Reason.ValueType  # 2
+        """The foreground is lighter than the background; many scanners fail."""
+        LOGO_OVER_BUDGET: ScannabilityReport.Problem.Reason.ValueType  # 3
+        """The logo covers more modules than the error correction can restore."""
+        DECODE_FAILED: ScannabilityReport.Problem.Reason.ValueType  # 4
+        """The rendered image did not decode back to the payload."""
+        SMALL_QUIET_ZONE: ScannabilityReport.Problem.Reason.ValueType  # 5
+        """The quiet zone is below the standard 4 modules."""
+        MODULES_TOO_SMALL: ScannabilityReport.Problem.Reason.ValueType  # 6
+        """Modules are drawn smaller than 2 pixels (or 0.25 mm in print)."""
+
+        REASON_FIELD_NUMBER: _builtins.int
+        MESSAGE_FIELD_NUMBER: _builtins.int
+        reason: Global___ScannabilityReport.Problem.Reason.ValueType
+        """What the problem is."""
+        message: _builtins.str
+        """The problem explained for a person."""
+        def __init__(
+            self,
+            *,
+            reason: Global___ScannabilityReport.Problem.Reason.ValueType = ...,
+            message: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "reason", b"reason"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_CORRECTION_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
+    CONTRAST_RATIO_FIELD_NUMBER: _builtins.int
+    LOGO_COVERAGE_FIELD_NUMBER: _builtins.int
+    ERROR_BUDGET_FIELD_NUMBER: _builtins.int
+    DECODED_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    IMAGE_SIZE_FIELD_NUMBER: _builtins.int
+    payload: _builtins.str
+    """The exact text encoded in the symbol."""
+    payload_bytes: _builtins.int
+    """The payload's size in bytes as encoded."""
+    version: _builtins.int
+    """The QR version (1 to 40)."""
+    error_correction: _design_pb2.Design.ErrorCorrection.ValueType
+    """The error correction level of the symbol."""
+    modules: _builtins.int
+    """Modules per side, quiet zone excluded."""
+    contrast_ratio: _builtins.float
+    """The WCAG contrast ratio of foreground to background, 1 to 21 (the lowest
+    over gradient stops and eye colors).
+    """
+    logo_coverage: _builtins.float
+    """The share of data modules covered by the logo (and its margin), 0 to 1."""
+    error_budget: _builtins.float
+    """The share of modules the error correction can restore."""
+    decoded: _builtins.bool
+    """Whether the rendered image decoded back to exactly `payload`."""
+    image_size: _builtins.int
+    """The rendered image's width and height in pixels."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScannabilityReport.Problem]:
+        """Problems found; empty when the code should scan well."""
+
+    def __init__(
+        self,
+        *,
+        payload: _builtins.str = ...,
+        payload_bytes: _builtins.int = ...,
+        version: _builtins.int = ...,
+        error_correction: _design_pb2.Design.ErrorCorrection.ValueType = ...,
+        modules: _builtins.int = ...,
+        contrast_ratio: _builtins.float = ...,
+        logo_coverage: _builtins.float = ...,
+        error_budget: _builtins.float = ...,
+        decoded: _builtins.bool = ...,
+        problems: _abc.Iterable[Global___ScannabilityReport.Problem] | None = ...,
+        image_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contrast_ratio", b"contrast_ratio", "decoded", b"decoded", "error_budget", b"error_budget", "error_correction", b"error_correction", "image_size", b"image_size", "logo_coverage", b"logo_coverage", "modules", b"modules", "payload", b"payload", "payload_bytes", b"payload_bytes", "problems", b"problems", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScannabilityReport: _TypeAlias = ScannabilityReport  # noqa: Y015

@@ -41,6 +41,11 @@ class QrCodeServiceStub:
                 request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderQrCodeRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.CheckQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/CheckQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.FromString,
+                _registered_method=True)
 
 
 class QrCodeServiceServicer:
@@ -49,7 +54,17 @@ class QrCodeServiceServicer:
 
     def RenderQrCode(self, request, context):
         """Renders content as a QR code image without storing anything. The answer
-        is the image itself (PNG, SVG or PDF) with its content type.
+        is the image itself with its content type; the same request always gives
+        the same bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckQrCode(self, request, context):
+        """Checks how well a QR code would scan: it renders the request exactly as
+        RenderQrCode would and reports the payload, symbol, contrast, logo
+        coverage and whether the image decodes back to the payload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +77,11 @@ def add_QrCodeServiceServicer_to_server(servicer, server):
                     servicer.RenderQrCode,
                     request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderQrCodeRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CheckQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +112,33 @@ class QrCodeService:
             '/qrmesh.qr.v1.QrCodeService/RenderQrCode',
             qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderQrCodeRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/CheckQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.FromString,
             options,
             channel_credentials,
             insecure,

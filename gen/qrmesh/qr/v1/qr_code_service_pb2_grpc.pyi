@@ -36,7 +36,13 @@ class QrCodeServiceStub:
     def __new__(cls, channel: _aio.Channel) -> QrCodeServiceAsyncStub: ...
     RenderQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.RenderQrCodeRequest, _httpbody_pb2.HttpBody]
     """Renders content as a QR code image without storing anything. The answer
-    is the image itself (PNG, SVG or PDF) with its content type.
+    is the image itself with its content type; the same request always gives
+    the same bytes.
+    """
+    CheckQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.CheckQrCodeRequest, _qr_code_service_pb2.ScannabilityReport]
+    """Checks how well a QR code would scan: it renders the request exactly as
+    RenderQrCode would and reports the payload, symbol, contrast, logo
+    coverage and whether the image decodes back to the payload.
     """
 
 @_typing.type_check_only
@@ -46,7 +52,13 @@ class QrCodeServiceAsyncStub(QrCodeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     RenderQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.RenderQrCodeRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
     """Renders content as a QR code image without storing anything. The answer
-    is the image itself (PNG, SVG or PDF) with its content type.
+    is the image itself with its content type; the same request always gives
+    the same bytes.
+    """
+    CheckQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.CheckQrCodeRequest, _qr_code_service_pb2.ScannabilityReport]  # type: ignore[assignment]
+    """Checks how well a QR code would scan: it renders the request exactly as
+    RenderQrCode would and reports the payload, symbol, contrast, logo
+    coverage and whether the image decodes back to the payload.
     """
 
 class QrCodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,7 +71,19 @@ class QrCodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
         """Renders content as a QR code image without storing anything. The answer
-        is the image itself (PNG, SVG or PDF) with its content type.
+        is the image itself with its content type; the same request always gives
+        the same bytes.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckQrCode(
+        self,
+        request: _qr_code_service_pb2.CheckQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_qr_code_service_pb2.ScannabilityReport, _abc.Awaitable[_qr_code_service_pb2.ScannabilityReport]]:
+        """Checks how well a QR code would scan: it renders the request exactly as
+        RenderQrCode would and reports the payload, symbol, contrast, logo
+        coverage and whether the image decodes back to the payload.
         """
 
 def add_QrCodeServiceServicer_to_server(servicer: QrCodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
