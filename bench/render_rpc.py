@@ -1,6 +1,7 @@
 """Render over gRPC: qrmesh's qr service (full interceptor chain: tracing,
-validation, error mapping) against a bare grpc.aio server doing the same
-rendering with segno, and segno alone in-process, all measured in this run.
+validation, error mapping, proto translation) against a bare grpc.aio server
+calling the same renderer, and the renderer alone in-process, all measured in
+this run.
 
     python -m bench.render_rpc [--requests 2000] [--concurrency 16] [--runs 3]
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import platform
 import statistics
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import segno
 from google.api import httpbody_pb2
 
 from qrmesh.platform.server import ServiceSpec, create_server
 from qrmesh.platform.settings import Settings
 from qrmesh.qr import server as qr_server
+from qrmesh.qr.domain.design import Design
+from qrmesh.qr.domain.render import RenderOptions, render
 from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
 
 URL = "https://example.com/campaign/spring?utm_source=poster"
@@ -36,23 +37,19 @@ REQUEST = qr_code_service_pb2.RenderQrCodeRequest(
 METHOD = "/qrmesh.qr.v1.QrCodeService/RenderQrCode"
 
 
-def segno_png() -> bytes:
-    symbol = segno.make(URL, error="M", micro=False)
-    scale = max(1, 512 // symbol.symbol_size(scale=1, border=4)[0])
-    out = io.BytesIO()
-    symbol.save(out, kind="png", scale=scale, border=4)
-    return out.getvalue()
+def plain_png() -> bytes:
+    return render(URL, Design(), RenderOptions(size=512)).data
 
 
 async def bare_server() -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with no interceptors that renders with segno directly."""
+    """A grpc.aio server with no interceptors that calls the renderer directly."""
 
-    async def render(request: Any, context: Any) -> httpbody_pb2.HttpBody:
-        return httpbody_pb2.HttpBody(content_type="image/png", data=segno_png())
+    async def handle(request: Any, context: Any) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(content_type="image/png", data=await asyncio.to_thread(plain_png))
 
     server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(
-        render, qr_code_service_pb2.RenderQrCodeRequest.FromString, httpbody_pb2.HttpBody.SerializeToString
+        handle, qr_code_service_pb2.RenderQrCodeRequest.FromString, httpbody_pb2.HttpBody.SerializeToString
     )
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("qrmesh.qr.v1.QrCodeService", {"RenderQrCode": handler})]
@@ -90,7 +87,7 @@ async def load(port: int, requests: int, concurrency: int) -> dict[str, float]:
 def in_process(requests: int) -> dict[str, float]:
     began = time.perf_counter()
     for _ in range(requests):
-        segno_png()
+        plain_png()
     elapsed = time.perf_counter() - began
     return {"rps": requests / elapsed, "p50_ms": elapsed / requests * 1000, "p99_ms": float("nan")}
 
@@ -119,15 +116,17 @@ async def main() -> None:
     bare, bare_port = await bare_server()
     try:
         results = {
-            "segno in-process": await measure(args.runs, lambda: asyncio.to_thread(in_process, args.requests // 4)),
-            "bare grpc.aio + segno": await measure(args.runs, lambda: load(bare_port, args.requests, args.concurrency)),
+            "renderer in-process": await measure(args.runs, lambda: asyncio.to_thread(in_process, args.requests // 4)),
+            "bare grpc.aio + renderer": await measure(
+                args.runs, lambda: load(bare_port, args.requests, args.concurrency)
+            ),
             "qrmesh qr service": await measure(args.runs, lambda: load(our_port, args.requests, args.concurrency)),
         }
     finally:
         await ours.stop(0)
         await bare.stop(0)
 
-    baseline = results["bare grpc.aio + segno"]
+    baseline = results["bare grpc.aio + renderer"]
     print(f"RenderQrCode PNG 512px, {args.requests} calls x {args.runs} runs, concurrency {args.concurrency}")
     print(f"{'':26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'vs bare':>10}{'spread':>9}")
     for name, r in results.items():

@@ -13,7 +13,7 @@ from qrmesh.platform.settings import Settings
 from qrmesh.qr import server as qr_server_module
 from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
 from tests.conftest import ServiceProcess, running_edge, wait_healthz
-from tests.qrdecode import decode_png
+from tests.imaging import decode_png
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +112,65 @@ def test_healthz_turns_503_when_a_service_stops(settings: Settings, tmp_path: Pa
             assert answer.json()["details"][0]["reason"] == "UNAVAILABLE"
     finally:
         service.stop()
+
+
+def test_render_is_deterministic_with_an_etag(edge: str) -> None:
+    body = {"content": {"url": {"url": "https://example.com/etag"}}, "design": {"moduleShape": "DOTS"}}
+    first, second = post(edge, body), post(edge, body)
+    assert first.status_code == 200, first.text
+    assert first.content == second.content
+    assert first.headers["etag"] == second.headers["etag"]
+    assert first.headers["etag"].startswith('"')
+    assert "max-age" in first.headers["cache-control"]
+    other = post(edge, {**body, "design": {"moduleShape": "ROUNDED"}})
+    assert other.headers["etag"] != first.headers["etag"]
+
+
+def test_wifi_and_vcard_render_through_rest(edge: str) -> None:
+    wifi = {"wifi": {"ssid": "Café;Guest", "password": "s3cret,pass", "security": "WPA"}}
+    answer = post(edge, {"content": wifi})
+    assert answer.status_code == 200, answer.text
+    assert decode_png(answer.content) == ["WIFI:T:WPA;S:Café\\;Guest;P:s3cret\\,pass;;"]
+    vcard = {"vcard": {"firstName": "Zoë", "lastName": "Ångström", "phones": [{"number": "+46701234567"}]}}
+    text = decode_png(post(edge, {"content": vcard}).content)[0]
+    assert text.startswith("BEGIN:VCARD\r\nVERSION:3.0\r\n")
+    assert "N:Ångström;Zoë;;;\r\n" in text
+
+
+def test_check_reports_on_the_same_body(edge: str) -> None:
+    body = {"content": {"url": {"url": "https://example.com"}}, "design": {"foreground": "#777777"}}
+    answer = httpx.post(edge + "/v1/qrCodes:check", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["payload"] == "https://example.com"
+    assert report["errorCorrection"] == "M"
+    assert report["decoded"] is True
+    assert report["modules"] == 4 * report["version"] + 17
+    assert 4.0 < report["contrastRatio"] < 4.6
+    assert [p["reason"] for p in report["problems"]] == []
+    faint = httpx.post(edge + "/v1/qrCodes:check", json={**body, "design": {"foreground": "#BBBBBB"}}).json()
+    assert "LOW_CONTRAST" in [p["reason"] for p in faint["problems"]]
+
+
+def test_strict_render_refuses_a_poor_design(edge: str) -> None:
+    body = {"content": {"text": {"text": "hi"}}, "design": {"foreground": "#FFFFFF", "background": "#000000"}}
+    assert post(edge, body).status_code == 200
+    answer = post(edge, {**body, "strict": True})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()
+    assert error["code"] == 9  # FAILED_PRECONDITION
+    assert error["details"][0]["reason"] == "INVERTED_COLORS"
+
+
+def test_bad_iban_is_a_400_naming_the_field(edge: str) -> None:
+    epc = {"epc": {"name": "Someone", "iban": "DE00 1234 5678 9012 3456 78"}}
+    error = post(edge, {"content": epc}).json()
+    assert error["code"] == 3
+    assert error["message"].startswith("content.epc.iban:")
+    assert error["details"][0]["reason"] == "INVALID_IBAN"
+
+
+def test_over_capacity_says_what_fits(edge: str) -> None:
+    error = post(edge, {"content": {"text": {"text": "é" * 2000}}, "design": {"errorCorrection": "H"}}).json()
+    assert error["details"][0]["reason"] == "CONTENT_TOO_LONG"
+    assert "bytes" in error["message"]

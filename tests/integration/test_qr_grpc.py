@@ -18,7 +18,7 @@ from qrmesh.platform.server import Server
 from qrmesh.platform.settings import Settings
 from qrmesh.qr import server as qr_server_module
 from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
-from tests.qrdecode import decode_png
+from tests.imaging import decode_png
 
 Request = qr_code_service_pb2.RenderQrCodeRequest
 
