@@ -12,7 +12,7 @@ import re
 
 import cv2
 import numpy as np
-import pypdfium2
+import pypdfium2  # type: ignore[import-untyped]
 import quirc  # type: ignore[import-untyped]
 import resvg_py
 import zxingcpp
