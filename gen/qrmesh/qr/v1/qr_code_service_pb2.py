@@ -24,12 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from qrmesh.auth.v1 import policy_pb2 as qrmesh_dot_auth_dot_v1_dot_policy__pb2
 from qrmesh.qr.v1 import design_pb2 as qrmesh_dot_qr_dot_v1_dot_design__pb2
 from qrmesh.qr.v1 import qr_code_pb2 as qrmesh_dot_qr_dot_v1_dot_qr__code__pb2
 from qrmesh.rules.v1 import rules_pb2 as qrmesh_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qrmesh/qr/v1/qr_code_service.proto\x12\x0cqrmesh.qr.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x19qrmesh/qr/v1/design.proto\x1a\x1aqrmesh/qr/v1/qr_code.proto\x1a\x1bqrmesh/rules/v1/rules.proto\"\xf3\x04\n\x13RenderQrCodeRequest\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x15.qrmesh.qr.v1.ContentB\x06\x8a\xb2\x19\x02\x08\x01\x12\x42\n\x06\x66ormat\x18\x02 \x01(\x0e\x32(.qrmesh.qr.v1.RenderQrCodeRequest.FormatB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x04size\x18\x03 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\x80 \x12W\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32\x31.qrmesh.qr.v1.RenderQrCodeRequest.ErrorCorrectionB\n\x18\x01\x8a\xb2\x19\x04*\x02\x08\x01\x12%\n\nquiet_zone\x18\x05 \x01(\x05\x42\x0c\x18\x01\x8a\xb2\x19\x06\x1a\x04\x08\x00\x10\x10H\x00\x88\x01\x01\x12$\n\x06\x64\x65sign\x18\x06 \x01(\x0b\x32\x14.qrmesh.qr.v1.Design\x12\x18\n\x03\x64pi\x18\x07 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\xe0\x12\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x12\x32\n\x10physical_size_mm\x18\t \x01(\x01\x42\x18\x8a\xb2\x19\x14\"\x12\t\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00\x00\x00@\x9f@\"X\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x07\n\x03SVG\x10\x02\x12\x07\n\x03PDF\x10\x03\x12\x07\n\x03\x45PS\x10\x04\x12\x08\n\x04JPEG\x10\x05\x12\x08\n\x04WEBP\x10\x06\"`\n\x0f\x45rrorCorrection\x12 \n\x1c\x45RROR_CORRECTION_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06MEDIUM\x10\x02\x12\x0c\n\x08QUARTILE\x10\x03\x12\x08\n\x04HIGH\x10\x04\x42\r\n\x0b_quiet_zone\"O\n\x12\x43heckQrCodeRequest\x12\x39\n\x06render\x18\x01 \x01(\x0b\x32!.qrmesh.qr.v1.RenderQrCodeRequestB\x06\x8a\xb2\x19\x02\x08\x01\"\xc2\x04\n\x12ScannabilityReport\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12>\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32$.qrmesh.qr.v1.Design.ErrorCorrection\x12\x0f\n\x07modules\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontrast_ratio\x18\x06 \x01(\x01\x12\x15\n\rlogo_coverage\x18\x07 \x01(\x01\x12\x14\n\x0c\x65rror_budget\x18\x08 \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\t \x01(\x08\x12:\n\x08problems\x18\n \x03(\x0b\x32(.qrmesh.qr.v1.ScannabilityReport.Problem\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x1a\xfb\x01\n\x07Problem\x12?\n\x06reason\x18\x01 \x01(\x0e\x32/.qrmesh.qr.v1.ScannabilityReport.Problem.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cLOW_CONTRAST\x10\x01\x12\x13\n\x0fINVERTED_COLORS\x10\x02\x12\x14\n\x10LOGO_OVER_BUDGET\x10\x03\x12\x11\n\rDECODE_FAILED\x10\x04\x12\x14\n\x10SMALL_QUIET_ZONE\x10\x05\x12\x15\n\x11MODULES_TOO_SMALL\x10\x06\x32\xed\x01\n\rQrCodeService\x12\x66\n\x0cRenderQrCode\x12!.qrmesh.qr.v1.RenderQrCodeRequest\x1a\x14.google.api.HttpBody\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/qrCodes:render:\x01*\x12t\n\x0b\x43heckQrCode\x12 .qrmesh.qr.v1.CheckQrCodeRequest\x1a .qrmesh.qr.v1.ScannabilityReport\"!\x82\xd3\xe4\x93\x02\x1b\"\x11/v1/qrCodes:check:\x06renderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qrmesh/qr/v1/qr_code_service.proto\x12\x0cqrmesh.qr.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1bqrmesh/auth/v1/policy.proto\x1a\x19qrmesh/qr/v1/design.proto\x1a\x1aqrmesh/qr/v1/qr_code.proto\x1a\x1bqrmesh/rules/v1/rules.proto\"\xf3\x04\n\x13RenderQrCodeRequest\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x15.qrmesh.qr.v1.ContentB\x06\x8a\xb2\x19\x02\x08\x01\x12\x42\n\x06\x66ormat\x18\x02 \x01(\x0e\x32(.qrmesh.qr.v1.RenderQrCodeRequest.FormatB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x04size\x18\x03 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\x80 \x12W\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32\x31.qrmesh.qr.v1.RenderQrCodeRequest.ErrorCorrectionB\n\x18\x01\x8a\xb2\x19\x04*\x02\x08\x01\x12%\n\nquiet_zone\x18\x05 \x01(\x05\x42\x0c\x18\x01\x8a\xb2\x19\x06\x1a\x04\x08\x00\x10\x10H\x00\x88\x01\x01\x12$\n\x06\x64\x65sign\x18\x06 \x01(\x0b\x32\x14.qrmesh.qr.v1.Design\x12\x18\n\x03\x64pi\x18\x07 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\xe0\x12\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x12\x32\n\x10physical_size_mm\x18\t \x01(\x01\x42\x18\x8a\xb2\x19\x14\"\x12\t\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00\x00\x00@\x9f@\"X\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x07\n\x03SVG\x10\x02\x12\x07\n\x03PDF\x10\x03\x12\x07\n\x03\x45PS\x10\x04\x12\x08\n\x04JPEG\x10\x05\x12\x08\n\x04WEBP\x10\x06\"`\n\x0f\x45rrorCorrection\x12 \n\x1c\x45RROR_CORRECTION_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06MEDIUM\x10\x02\x12\x0c\n\x08QUARTILE\x10\x03\x12\x08\n\x04HIGH\x10\x04\x42\r\n\x0b_quiet_zone\"O\n\x12\x43heckQrCodeRequest\x12\x39\n\x06render\x18\x01 \x01(\x0b\x32!.qrmesh.qr.v1.RenderQrCodeRequestB\x06\x8a\xb2\x19\x02\x08\x01\"\xc2\x04\n\x12ScannabilityReport\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12>\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32$.qrmesh.qr.v1.Design.ErrorCorrection\x12\x0f\n\x07modules\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontrast_ratio\x18\x06 \x01(\x01\x12\x15\n\rlogo_coverage\x18\x07 \x01(\x01\x12\x14\n\x0c\x65rror_budget\x18\x08 \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\t \x01(\x08\x12:\n\x08problems\x18\n \x03(\x0b\x32(.qrmesh.qr.v1.ScannabilityReport.Problem\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x1a\xfb\x01\n\x07Problem\x12?\n\x06reason\x18\x01 \x01(\x0e\x32/.qrmesh.qr.v1.ScannabilityReport.Problem.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cLOW_CONTRAST\x10\x01\x12\x13\n\x0fINVERTED_COLORS\x10\x02\x12\x14\n\x10LOGO_OVER_BUDGET\x10\x03\x12\x11\n\rDECODE_FAILED\x10\x04\x12\x14\n\x10SMALL_QUIET_ZONE\x10\x05\x12\x15\n\x11MODULES_TOO_SMALL\x10\x06\x32\xf9\x01\n\rQrCodeService\x12l\n\x0cRenderQrCode\x12!.qrmesh.qr.v1.RenderQrCodeRequest\x1a\x14.google.api.HttpBody\"#\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v1/qrCodes:render:\x01*\x12z\n\x0b\x43heckQrCode\x12 .qrmesh.qr.v1.CheckQrCodeRequest\x1a .qrmesh.qr.v1.ScannabilityReport\"\'\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\"\x11/v1/qrCodes:check:\x06renderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,23 +54,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKQRCODEREQUEST'].fields_by_name['render']._loaded_options = None
   _globals['_CHECKQRCODEREQUEST'].fields_by_name['render']._serialized_options = b'\212\262\031\002\010\001'
   _globals['_QRCODESERVICE'].methods_by_name['RenderQrCode']._loaded_options = None
-  _globals['_QRCODESERVICE'].methods_by_name['RenderQrCode']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/qrCodes:render:\001*'
+  _globals['_QRCODESERVICE'].methods_by_name['RenderQrCode']._serialized_options = b'\252\270\031\002\010\001\202\323\344\223\002\027\"\022/v1/qrCodes:render:\001*'
   _globals['_QRCODESERVICE'].methods_by_name['CheckQrCode']._loaded_options = None
-  _globals['_QRCODESERVICE'].methods_by_name['CheckQrCode']._serialized_options = b'\202\323\344\223\002\033\"\021/v1/qrCodes:check:\006render'
-  _globals['_RENDERQRCODEREQUEST']._serialized_start=194
-  _globals['_RENDERQRCODEREQUEST']._serialized_end=821
-  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_start=620
-  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_end=708
-  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_start=710
-  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_end=806
-  _globals['_CHECKQRCODEREQUEST']._serialized_start=823
-  _globals['_CHECKQRCODEREQUEST']._serialized_end=902
-  _globals['_SCANNABILITYREPORT']._serialized_start=905
-  _globals['_SCANNABILITYREPORT']._serialized_end=1483
-  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_start=1232
-  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_end=1483
-  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_start=1326
-  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_end=1483
-  _globals['_QRCODESERVICE']._serialized_start=1486
-  _globals['_QRCODESERVICE']._serialized_end=1723
+  _globals['_QRCODESERVICE'].methods_by_name['CheckQrCode']._serialized_options = b'\252\270\031\002\010\001\202\323\344\223\002\033\"\021/v1/qrCodes:check:\006render'
+  _globals['_RENDERQRCODEREQUEST']._serialized_start=223
+  _globals['_RENDERQRCODEREQUEST']._serialized_end=850
+  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_start=649
+  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_end=737
+  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_start=739
+  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_end=835
+  _globals['_CHECKQRCODEREQUEST']._serialized_start=852
+  _globals['_CHECKQRCODEREQUEST']._serialized_end=931
+  _globals['_SCANNABILITYREPORT']._serialized_start=934
+  _globals['_SCANNABILITYREPORT']._serialized_end=1512
+  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_start=1261
+  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_end=1512
+  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_start=1355
+  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_end=1512
+  _globals['_QRCODESERVICE']._serialized_start=1515
+  _globals['_QRCODESERVICE']._serialized_end=1764
 # @@protoc_insertion_point(module_scope)
