@@ -47,7 +47,7 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
 
 @pytest.fixture(scope="module")
 async def probe_server(settings: Settings) -> AsyncIterator[Server]:
-    spec = ServiceSpec(name="probe", register=register, uses_database=False, uses_redis=False)
+    spec = ServiceSpec(name="probe", register=register, uses_database=False, uses_redis=False, guarded=False)
     server, _ = await create_server(settings, spec)
     await server.start()
     yield server

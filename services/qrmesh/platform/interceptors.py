@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import trace
 
+from qrmesh.platform.auth import Guard
 from qrmesh.platform.errors import ERROR_DOMAIN, InvalidArgument, QrmeshError, ResourceExhausted
 from qrmesh.platform.validation import validate
 
@@ -73,7 +74,10 @@ def _internal(method: str) -> QrmeshError:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Validate requests and turn exceptions into rich gRPC statuses."""
+    """Authorize and validate requests, and turn exceptions into rich gRPC statuses."""
+
+    def __init__(self, guard: Guard | None = None) -> None:
+        self.guard = guard
 
     async def intercept_service(
         self,
@@ -83,18 +87,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, handler_call_details.method)
+        return _wrap(handler, handler_call_details.method, self.guard)
 
 
-def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-    def guard(exc: BaseException) -> QrmeshError:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: Guard | None
+) -> grpc.RpcMethodHandler[Any, Any]:
+    def as_error(exc: BaseException) -> QrmeshError:
         if isinstance(exc, QrmeshError):
             return exc
         return _internal(method)
 
-    async def validated(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def admit(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The caller may send this request, and it is well formed."""
+        if guard is not None and guard.guards(method):
+            await guard.check(method, request, context)
+        validate(request)
+
+    async def validated(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         async for request in requests:
-            validate(request)
+            await admit(request, context)
             yield request
 
     if handler.unary_unary is not None:
@@ -102,12 +116,12 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                validate(request)
+                await admit(request, context)
                 return await inner_uu(request, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error leaves as a status
-                await _abort(context, guard(exc))
+                await _abort(context, as_error(exc))
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
@@ -118,7 +132,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
-                validate(request)
+                await admit(request, context)
                 if inspect.isasyncgenfunction(inner_us):
                     async for item in inner_us(request, context):
                         yield item
@@ -127,7 +141,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                await _abort(context, guard(exc))
+                await _abort(context, as_error(exc))
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
@@ -138,11 +152,11 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
 
         async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await inner_su(validated(requests), context)
+                return await inner_su(validated(requests, context), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                await _abort(context, guard(exc))
+                await _abort(context, as_error(exc))
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
@@ -156,14 +170,14 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMeth
         ) -> AsyncIterator[Any]:
             try:
                 if inspect.isasyncgenfunction(inner_ss):
-                    async for item in inner_ss(validated(requests), context):
+                    async for item in inner_ss(validated(requests, context), context):
                         yield item
                 else:
-                    await inner_ss(validated(requests), context)
+                    await inner_ss(validated(requests, context), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                await _abort(context, guard(exc))
+                await _abort(context, as_error(exc))
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from qrmesh.platform.auth import AccessBackend, ApiKeyInfo, Guard, Role, policies_for
 from qrmesh.platform.cache import create_redis
 from qrmesh.platform.database import create_engine, migrate
+from qrmesh.platform.errors import Unavailable
 from qrmesh.platform.interceptors import ErrorInterceptor
 from qrmesh.platform.settings import Settings
 from qrmesh.platform.telemetry import configure_tracing, server_interceptor
@@ -63,6 +65,25 @@ class ServiceSpec:
     """The service's Alembic folder; None if it has no tables."""
     uses_database: bool = True
     uses_redis: bool = True
+    access: Callable[[Resources], AccessBackend] | None = None
+    """Where callers are verified (public keys, API keys, roles); without one only
+    public RPCs can succeed."""
+    guarded: bool = True
+    """Enforce the policies declared in the contracts; only servers without
+    contracts (test doubles) turn this off."""
+
+
+class NoAccess:
+    """The backend of a service that was given none: it can verify nobody."""
+
+    async def public_keys(self) -> Mapping[str, Any]:
+        raise Unavailable("this service cannot verify callers (no access backend)", reason="NO_ACCESS_BACKEND")
+
+    async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:
+        raise Unavailable("this service cannot verify callers (no access backend)", reason="NO_ACCESS_BACKEND")
+
+    async def role(self, organization: str, user: str) -> Role | None:
+        raise Unavailable("this service cannot verify callers (no access backend)", reason="NO_ACCESS_BACKEND")
 
 
 class Server:
@@ -119,7 +140,9 @@ class Server:
 async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, int]:
     """Build and bind a server for `spec`; call `start()` to serve."""
     configure_tracing(spec.name, settings.otlp_endpoint)
-    interceptors: list[Any] = [server_interceptor(), ErrorInterceptor()]
+    # The guard learns its policies once the servicers are registered.
+    guard = Guard({}, NoAccess(), service_secret=settings.service_secret)
+    interceptors: list[Any] = [server_interceptor(), ErrorInterceptor(guard if spec.guarded else None)]
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     engine = (
         create_engine(settings.database_url, schema=spec.name, pool_size=settings.db_pool_size)
@@ -129,6 +152,14 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     client = create_redis(settings.redis_url) if spec.uses_redis else None
     resources = Resources(settings=settings, engine=engine, redis=client)
     services = spec.register(grpc_server, resources)
+    if spec.guarded:
+        backend = spec.access(resources) if spec.access is not None else NoAccess()
+        guard.policies = policies_for(services)
+        guard.backend = backend
+        guard.service_secret = settings.service_secret
+        closer = getattr(backend, "close", None)
+        if closer is not None:
+            resources.on_close.append(closer)
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         grpc_server,

@@ -81,6 +81,11 @@ class Settings:
     """Connections kept in the database pool (QRMESH_DB_POOL_SIZE)."""
     otlp_endpoint: str | None = None
     """OTLP gRPC endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT); no export when unset."""
+    identity_address: str = ""
+    """host:port of the identity service (QRMESH_IDENTITY_ADDR), for verifying callers."""
+    service_secret: str = ""
+    """Shared secret that proves one service to another (QRMESH_SERVICE_SECRET); internal RPCs
+    are refused while it is empty."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Service-specific variables (QRMESH_<SERVICE>_*), for the service to parse."""
 
@@ -102,5 +107,7 @@ class Settings:
             default_deadline=_float(env, "QRMESH_DEFAULT_DEADLINE", 5.0, low=0.05, high=600.0),
             db_pool_size=_int(env, "QRMESH_DB_POOL_SIZE", 10, low=1, high=200),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
+            identity_address=env.get("QRMESH_IDENTITY_ADDR", "").strip(),
+            service_secret=env.get("QRMESH_SERVICE_SECRET", "").strip(),
             extra={k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)},
         )

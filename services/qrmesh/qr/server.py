@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from qrmesh.identity.client import remote_access
 from qrmesh.platform.server import Resources, Server, ServiceSpec
 from qrmesh.platform.server import create_server as _create_server
 from qrmesh.platform.settings import Settings
@@ -21,7 +22,9 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     return GRPC_SERVICES
 
 
-SPEC = ServiceSpec(name="qr", register=register, migrations=Path(__file__).with_name("migrations"))
+SPEC = ServiceSpec(
+    name="qr", register=register, migrations=Path(__file__).with_name("migrations"), access=remote_access
+)
 
 
 async def create_server(settings: Settings) -> tuple[Server, int]:
