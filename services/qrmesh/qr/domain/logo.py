@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from qrmesh.platform.errors import InvalidArgument
+from qrmesh.qr.domain.memo import BoundedCache
 
 FIELD = "design.logo.image"
 MAX_BYTES = 1024 * 1024
@@ -33,6 +36,29 @@ def sniff(data: bytes) -> str | None:
 
 def _refuse(description: str) -> InvalidArgument:
     return InvalidArgument.field(FIELD, description, reason="INVALID_LOGO")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedLogo:
+    """A logo decoded to RGBA (shared: never change `image`) and the SHA-256 of its bytes, a key for caches."""
+
+    digest: bytes
+    image: Image.Image
+
+
+# Decoded logos by the SHA-256 of their bytes: the same bytes always decode to the same pixels, so a
+# repeated logo is decoded once; bounded to 64 logos and 64 MiB of pixels.
+_DECODED: BoundedCache[bytes, DecodedLogo] = BoundedCache(max_entries=64, max_cost=64 * 1024 * 1024)
+
+
+def decode_logo(data: bytes) -> DecodedLogo:
+    """`load_logo`, cached: the image is shared between renders and threads, so treat it as read-only."""
+    if len(data) > MAX_BYTES:
+        raise _refuse(f"must be at most {MAX_BYTES} bytes (got {len(data)})")
+    digest = hashlib.sha256(data).digest()
+    return _DECODED.get(
+        digest, lambda: DecodedLogo(digest, load_logo(data)), lambda logo: logo.image.width * logo.image.height * 4
+    )
 
 
 def load_logo(data: bytes) -> Image.Image:

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 from qrmesh.qr.domain import font
 from qrmesh.qr.domain.design import WHITE, Color, GradientType, ModuleShape
 from qrmesh.qr.domain.geometry import coverage
+from qrmesh.qr.domain.memo import BoundedCache
 from qrmesh.qr.domain.scene import Modules, Paint, Picture, Scene, Shapes, Text, code_outline, neighbour_codes
 
 U8 = npt.NDArray[np.uint8]
@@ -21,26 +22,38 @@ U8 = npt.NDArray[np.uint8]
 
 def rasterize(scene: Scene, scale: int) -> Image.Image:
     """The scene as an RGBA image at `scale` pixels per module."""
-    size = (scene.width * scale, scene.height * scale)
+    return Image.fromarray(draw(scene, scale))
+
+
+def draw(scene: Scene, scale: int) -> U8:
+    """The scene as straight-alpha RGBA pixels (rows x columns x 4) at `scale` pixels per module.
+
+    Items are composited in order with numpy: fully covered pixels of an opaque paint are simply
+    overwritten, and only partly covered (anti-aliased) pixels are blended, so the cost follows the
+    edges rather than the area.
+    """
+    canvas = np.empty((scene.height * scale, scene.width * scale, 4), dtype=np.uint8)
     background = scene.background
-    canvas = Image.new("RGBA", size, (*background.rgb, background.a) if background else (0, 0, 0, 0))
+    canvas.view(np.uint32)[...] = _word(background.rgb, background.a) if background else 0
     for item in scene.items:
         if isinstance(item, Picture):
             _draw_picture(canvas, item, scale)
-            continue
-        if isinstance(item, Modules):
-            left, top, mask = _modules_mask(item, scale)
-            paint: Paint = item.paint
+        elif isinstance(item, Modules):
+            _fill(canvas, *_modules_mask(item, scale), item.paint, scale)
         elif isinstance(item, Shapes):
-            left, top, mask = _shapes_mask(item, scale)
-            paint = item.paint
+            _fill(canvas, *_shapes_mask(item, scale), item.paint, scale)
         else:
-            left, top, mask = _text_mask(item, scale)
-            paint = item.color
-        _composite(canvas, left, top, mask, paint, scale)
+            _fill(canvas, *_text_mask(item, scale), item.color, scale)
     return canvas
 
 
+def _word(rgb: tuple[int, int, int], alpha: int) -> np.uint32:
+    """An RGBA pixel's bytes as one native-endian word, to fill a canvas viewed as uint32 pixels."""
+    word: np.uint32 = np.array([*rgb, alpha], dtype=np.uint8).view(np.uint32)[0]
+    return word
+
+
+# Module tiles by (shape, pixels per module): pure functions of their key, read-only once made.
 @functools.lru_cache(maxsize=512)
 def _tiles(shape: ModuleShape, scale: int) -> U8:
     """Coverage of a module in its cell for each neighbour code 0-15, plus an empty tile for code 16."""
@@ -56,7 +69,7 @@ def _modules_mask(item: Modules, scale: int) -> tuple[int, int, U8]:
     n = item.grid.shape[0]
     tiles = _tiles(item.shape, scale)
     mask = tiles[neighbour_codes(item.grid)].transpose(0, 2, 1, 3).reshape(n * scale, n * scale)
-    return round(item.x * scale), round(item.y * scale), np.ascontiguousarray(mask)
+    return round(item.x * scale), round(item.y * scale), mask
 
 
 def _shapes_mask(item: Shapes, scale: int) -> tuple[int, int, U8]:
@@ -79,14 +92,30 @@ def _shapes_mask(item: Shapes, scale: int) -> tuple[int, int, U8]:
 
 
 def _text_mask(item: Text, scale: int) -> tuple[int, int, U8]:
-    face = font.pil_font(max(1, round(item.size * scale)))
+    pixels = max(1, round(item.size * scale))
     x, y = item.center_x * scale, item.baseline * scale
-    left, top, right, bottom = face.getbbox(item.text, anchor="ms")
+    return _TEXT.get((item.text, pixels, x, y), lambda: _text_coverage(item.text, pixels, x, y), lambda c: c[2].nbytes)
+
+
+# Text coverage by (text, pixels per em, anchor in pixels): FreeType draws the same mask for the same key
+# (the color is applied later), so a frame's call to action is drawn once; bounded to 128 masks and 16 MiB,
+# read-only once made.
+_TEXT: BoundedCache[tuple[str, int, float, float], tuple[int, int, U8]] = BoundedCache(
+    max_entries=128, max_cost=16 * 1024 * 1024
+)
+
+
+def _text_coverage(text: str, pixels: int, x: float, y: float) -> tuple[int, int, U8]:
+    """Coverage (0-255) of `text` centered on x with its baseline at y: (left, top, rows x columns)."""
+    face = font.pil_font(pixels)
+    left, top, right, bottom = face.getbbox(text, anchor="ms")
     left, top = int(x + left) - 1, int(y + top) - 1
     width, height = int(x + right) + 2 - left, int(y + bottom) + 2 - top
     mask = Image.new("L", (max(width, 1), max(height, 1)), 0)
-    ImageDraw.Draw(mask).text((x - left, y - top), item.text, fill=255, font=face, anchor="ms")
-    return left, top, np.asarray(mask)
+    ImageDraw.Draw(mask).text((x - left, y - top), text, fill=255, font=face, anchor="ms")
+    drawn = np.array(mask)
+    drawn.flags.writeable = False
+    return left, top, drawn
 
 
 def _paint_rgba(paint: Paint, left: int, top: int, shape: tuple[int, int], scale: int) -> U8:
@@ -112,46 +141,86 @@ def _paint_rgba(paint: Paint, left: int, top: int, shape: tuple[int, int], scale
     return np.rint(np.stack(channels, axis=-1)).astype(np.uint8)
 
 
-def _composite(canvas: Image.Image, left: int, top: int, mask: U8, paint: Paint, scale: int) -> None:
-    """Paint through `mask` (coverage 0-255) placed at (left, top), alpha-compositing onto the canvas.
-
-    An opaque color over an opaque part of the canvas is simply pasted through the mask (the same result,
-    faster).
-    """
+def _fill(canvas: U8, left: int, top: int, mask: U8, paint: Paint, scale: int) -> None:
+    """Paint through `mask` (coverage 0-255) placed at (left, top), compositing over the canvas."""
     x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + mask.shape[1], canvas.width), min(top + mask.shape[0], canvas.height)
+    x1, y1 = min(left + mask.shape[1], canvas.shape[1]), min(top + mask.shape[0], canvas.shape[0])
     if x1 <= x0 or y1 <= y0:
         return
-    mask = np.ascontiguousarray(mask[y0 - top : y1 - top, x0 - left : x1 - left])
-    box = (x0, y0, x1, y1)
-    extrema = canvas.crop(box).getextrema()
-    under: tuple[int, int] = extrema[3]  # type: ignore[misc]
-    if isinstance(paint, Color) and paint.opaque and under[0] == 255:
-        canvas.paste((*paint.rgb, 255), box, Image.fromarray(mask, "L"))
-        return
+    mask = mask[y0 - top : y1 - top, x0 - left : x1 - left]
     if isinstance(paint, Color):
         if paint.a != 255:
-            mask = (mask.astype(np.uint16) * paint.a // 255).astype(np.uint8)
-        layer_image = Image.new("RGBA", (x1 - x0, y1 - y0), (*paint.rgb, 255))
-        layer_image.putalpha(Image.fromarray(mask, "L"))
-        if under[1] == 0:  # nothing drawn here yet: the layer is the result
-            canvas.paste(layer_image, box)
-        else:
-            canvas.alpha_composite(layer_image, (x0, y0))
+            mask = _scaled(mask, paint.a)
+        _over(canvas, x0, y0, np.array(paint.rgb, dtype=np.uint8), mask)
         return
     rgba = _paint_rgba(paint, x0, y0, mask.shape, scale)
-    layer = np.empty((*mask.shape, 4), dtype=np.uint8)
-    layer[..., :3] = rgba[..., :3]
-    layer[..., 3] = (mask.astype(np.uint16) * rgba[..., 3] // 255).astype(np.uint8)
-    canvas.alpha_composite(Image.fromarray(layer, "RGBA"), (x0, y0))
+    _over(canvas, x0, y0, rgba[..., :3], _scaled(mask, rgba[..., 3]))
 
 
-def _draw_picture(canvas: Image.Image, item: Picture, scale: int) -> None:
+def _scaled(alpha: U8, factor: int | U8) -> U8:
+    """alpha * factor / 255, rounded."""
+    product = alpha.astype(np.uint16) * factor + 128
+    scaled: U8 = ((product + (product >> 8)) >> 8).astype(np.uint8)
+    return scaled
+
+
+def _over(canvas: U8, x0: int, y0: int, rgb: U8, alpha: U8) -> None:
+    """Composite straight-alpha pixels (colors `rgb`, one color or one per pixel; opacity `alpha`) over the
+    canvas at (x0, y0) with Porter-Duff "over".
+
+    Opaque pixels are copied; only the partly transparent ones go through the blend arithmetic.
+    """
+    height, width = alpha.shape
+    region = canvas[y0 : y0 + height, x0 : x0 + width]
+    opaque = alpha == 255
+    if rgb.ndim == 1:
+        np.copyto(region.view(np.uint32)[..., 0], _word((int(rgb[0]), int(rgb[1]), int(rgb[2])), 255), where=opaque)
+    else:
+        np.copyto(region[..., :3], rgb, where=opaque[..., None])
+        region[..., 3][opaque] = 255
+    partial = np.flatnonzero(alpha - np.uint8(1) < 254)  # 0 < alpha < 255 (uint8 arithmetic wraps 0 to 255)
+    if not partial.size:
+        return
+    rows, cols = np.divmod(partial, width)
+    source = (rgb if rgb.ndim == 1 else rgb[rows, cols]).astype(np.int32)
+    src_a = alpha.ravel()[partial].astype(np.int32)
+    under = region[rows, cols].astype(np.int32)
+    kept = under[:, 3] * (255 - src_a)  # the canvas's weight, times 255
+    total = src_a * 255 + kept  # the resulting alpha, times 255
+    divisor = np.maximum(total, 1)[:, None]
+    out = np.empty((partial.size, 4), dtype=np.uint8)
+    out[:, :3] = (source * (src_a * 255)[:, None] + under[:, :3] * kept[:, None] + divisor // 2) // divisor
+    out[:, 3] = (total + 127) // 255
+    region[rows, cols] = out
+
+
+# Logos resized for drawing, by (logo digest, width, height): the digest fixes the pixels, so the same
+# key always resizes to the same result; bounded to 32 images and 64 MiB, read-only once made.
+_RESIZED: BoundedCache[tuple[bytes, int, int], U8] = BoundedCache(max_entries=32, max_cost=64 * 1024 * 1024)
+
+
+def _resized(item: Picture, width: int, height: int) -> U8:
+    """The picture resized (Lanczos) to width x height as read-only RGBA pixels, cached."""
+
+    def compute() -> U8:
+        pixels = np.array(item.image.resize((width, height), Image.Resampling.LANCZOS).convert("RGBA"))
+        pixels.flags.writeable = False
+        return pixels
+
+    return _RESIZED.get((item.key, width, height), compute, lambda pixels: pixels.nbytes)
+
+
+def _draw_picture(canvas: U8, item: Picture, scale: int) -> None:
     x0, y0, x1, y1 = (round(v * scale) for v in item.box)
     if x1 <= x0 or y1 <= y0:
         return
-    image = item.image.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
-    canvas.alpha_composite(image, (x0, y0))
+    pixels = _resized(item, x1 - x0, y1 - y0)
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x1, canvas.shape[1]), min(y1, canvas.shape[0])
+    if cx1 <= cx0 or cy1 <= cy0:
+        return
+    pixels = pixels[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    _over(canvas, cx0, cy0, pixels[..., :3], pixels[..., 3])
 
 
 def flatten(image: Image.Image, under: Color = WHITE) -> Image.Image:
@@ -161,22 +230,24 @@ def flatten(image: Image.Image, under: Color = WHITE) -> Image.Image:
     return base.convert("RGB")
 
 
-def encode_png(image: Image.Image, dpi: int) -> bytes:
-    """PNG bytes (RGB when fully opaque), with the resolution in pHYs and no other metadata.
+def encode_png(image: Image.Image | U8, dpi: int) -> bytes:
+    """PNG bytes of an image or RGBA pixels (RGB when fully opaque), with the resolution in pHYs and no other
+    metadata.
 
     Written directly: every row uses the Up filter, which suits flat-colored codes and costs a
     fraction of Pillow's per-row filter search.
     """
     pixels = np.asarray(image)
-    if pixels.ndim == 3 and pixels.shape[2] == 4 and pixels[..., 3].min() == 255:
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[2] == 4 and pixels[..., 3].min() == 255:
         pixels = pixels[..., :3]
-    height, width = pixels.shape[:2]
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    rows = pixels.reshape(height, width * channels)
+    height, width, channels = pixels.shape
     filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
     filtered[:, 0] = 2  # Up
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    body = filtered[:, 1:].reshape(height, width, channels)  # a view: each row's bytes after its filter byte
+    body[0] = pixels[0]
+    np.subtract(pixels[1:], pixels[:-1], out=body[1:])
     color_type = {1: 0, 3: 2, 4: 6}[channels]
     return _png([_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0))], filtered, dpi)
 
@@ -188,7 +259,7 @@ def _png(head: list[bytes], raw: npt.NDArray[np.uint8], dpi: int) -> bytes:
             b"\x89PNG\r\n\x1a\n",
             *head,
             _chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1)),
-            _chunk(b"IDAT", zlib.compress(raw.tobytes(), 3)),
+            _chunk(b"IDAT", zlib.compress(np.ascontiguousarray(raw).data, 3)),
             _chunk(b"IEND", b""),
         ]
     )

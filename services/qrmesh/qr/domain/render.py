@@ -172,9 +172,9 @@ def encode(laid_out: Layout, design: Design, options: RenderOptions, *, fast: bo
         quiet = design.quiet_zone
         dark = np.pad(laid_out.symbol.array(), quiet)
         return raster.two_color_png(dark, laid_out.scale, design.background, design.foreground, options.dpi)
-    picture = rasterize(laid_out)
     if fmt is Format.PNG:
-        return raster.encode_png(picture, options.dpi)
+        return raster.encode_png(raster.draw(laid_out.scene, laid_out.scale), options.dpi)
+    picture = rasterize(laid_out)
     if fmt is Format.JPEG:
         return raster.encode_jpeg(raster.flatten(picture, design.effective_background), options.dpi)
     return raster.encode_webp(picture, options.dpi)

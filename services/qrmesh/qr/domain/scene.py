@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from qrmesh.qr.domain import font
 from qrmesh.qr.domain.design import WHITE, Color, Design, EyeBallShape, EyeFrameShape, FrameStyle, Gradient, ModuleShape
 from qrmesh.qr.domain.geometry import BoolArray, Command, Diamond, Outline, RoundedRect
-from qrmesh.qr.domain.logo import load_logo
+from qrmesh.qr.domain.logo import decode_logo
 from qrmesh.qr.domain.matrix import FINDER, Symbol, alignment_patterns, finder_origins, protected_mask
 
 
@@ -66,10 +66,11 @@ class Modules:
 
 @dataclass(frozen=True, slots=True)
 class Picture:
-    """A raster image stretched over the box (x0, y0, x1, y1)."""
+    """A raster image stretched over the box (x0, y0, x1, y1); `key` identifies the image's pixels (for caches)."""
 
     image: PILImage.Image
     box: tuple[float, float, float, float]
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,13 +337,14 @@ def build_scene(symbol: Symbol, design: Design) -> tuple[Scene, LogoPlacement | 
     placement = None
     picture = None
     if design.logo is not None:
-        image = load_logo(design.logo.image)
+        logo = decode_logo(design.logo.image)
+        image = logo.image
         placement = place_logo(symbol, design.logo.size_ratio, design.logo.margin, image.width / image.height)
         if design.logo.clear_behind:
             grid &= ~placement.covered
         bx0, by0, bx1, by1 = placement.box
         if bx1 > bx0:
-            picture = Picture(image, (ox + bx0, oy + by0, ox + bx1, oy + by1))
+            picture = Picture(image, (ox + bx0, oy + by0, ox + bx1, oy + by1), logo.digest)
     items.append(Modules(module_paint, grid, design.module_shape, ox, oy))
     for fx, fy in finder_origins(symbol.size):
         outer, hole = eye_frame(design.eye_frame_shape, ox + fx, oy + fy)

@@ -60,13 +60,17 @@ def _paths(item: Shapes | Modules | Text) -> tuple[list[Outline], list[Command]]
 
 
 def _picture_png(picture: Picture, flatten_on: Color | None = None) -> Image.Image:
+    """The picture to embed: a new image, since the picture's own is shared between renders (and saving
+    an image sets attributes on it)."""
     image = picture.image
     if max(image.size) > _EMBED_MAX:
         factor = _EMBED_MAX / max(image.size)
-        image = image.resize(
+        embedded = image.resize(
             (max(1, round(image.width * factor)), max(1, round(image.height * factor))), Image.Resampling.LANCZOS
         )
-    return flatten(image, flatten_on) if flatten_on is not None else image
+    else:
+        embedded = image.copy()
+    return flatten(embedded, flatten_on) if flatten_on is not None else embedded
 
 
 # SVG
