@@ -9,6 +9,7 @@ CI=true a server that cannot be reached fails the run instead of skipping.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -121,10 +122,37 @@ def redis_url() -> Iterator[str]:
         stop()
 
 
+SERVICE_SECRET = "test-service-secret"
+
+
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str) -> Settings:
-    """Settings for a qr service on a free port."""
-    return Settings(service="qr", database_url=database_url, redis_url=redis_url, port=0, shutdown_grace=1.0)
+def base_settings(database_url: str, redis_url: str) -> Settings:
+    """Settings every service of the test session shares (a free port each)."""
+    return Settings(
+        service="identity",
+        database_url=database_url,
+        redis_url=redis_url,
+        port=0,
+        shutdown_grace=1.0,
+        service_secret=SERVICE_SECRET,
+    )
+
+
+@pytest.fixture(scope="session")
+async def identity_server(base_settings: Settings) -> AsyncIterator[Server]:
+    """The identity service, serving on a free port for the whole session."""
+    from qrmesh.identity import server as identity_server_module
+
+    server, _ = await identity_server_module.create_server(base_settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, identity_server: Server) -> Settings:
+    """Settings for a qr service on a free port that verifies callers with the session's identity service."""
+    return dataclasses.replace(base_settings, service="qr", identity_address=f"127.0.0.1:{identity_server.port}")
 
 
 @pytest.fixture(scope="session")
@@ -174,11 +202,17 @@ def running_edge(upstreams: list[Upstream], workdir: Path) -> Iterator[tuple[str
 class ServiceProcess:
     """A service in its own process (`qrmesh serve`), as it runs in production."""
 
-    def __init__(self, name: str, settings: Settings, workdir: Path) -> None:
+    def __init__(self, name: str, settings: Settings, workdir: Path, **extra_env: str) -> None:
         self.port_file = workdir / f"{name}.port"
         self.log_path = workdir / f"{name}.log"
-        env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
-        env["QRMESH_SHUTDOWN_GRACE"] = "1"
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "REDIS_URL": settings.redis_url,
+            "QRMESH_SERVICE_SECRET": settings.service_secret,
+            "QRMESH_SHUTDOWN_GRACE": "1",
+            **extra_env,
+        }
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(self.port_file)],
@@ -207,15 +241,30 @@ class ServiceProcess:
         return self.process.returncode
 
 
+@contextlib.contextmanager
+def running_mesh(settings: Settings, workdir: Path) -> Iterator[tuple[str, dict[str, ServiceProcess]]]:
+    """Every service in its own process (identity first) behind a real Envoy; the edge URL once healthy."""
+    from qrmesh.identity import server as identity_server_module
+
+    processes: dict[str, ServiceProcess] = {}
+    try:
+        processes["identity"] = ServiceProcess("identity", settings, workdir)
+        address = f"127.0.0.1:{processes['identity'].port}"
+        processes["qr"] = ServiceProcess("qr", settings, workdir, QRMESH_IDENTITY_ADDR=address)
+        upstreams = [
+            Upstream("identity", "127.0.0.1", processes["identity"].port, identity_server_module.GRPC_SERVICES),
+            Upstream("qr", "127.0.0.1", processes["qr"].port, qr_server_module.GRPC_SERVICES),
+        ]
+        with running_edge(upstreams, workdir) as (base_url, _):
+            wait_healthz(base_url, 200)
+            yield base_url, processes
+    finally:
+        for process in reversed(processes.values()):
+            process.stop()
+
+
 @pytest.fixture(scope="session")
 def edge(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Envoy in front of a qr service process; the base URL once /healthz is 200."""
-    workdir = tmp_path_factory.mktemp("edge")
-    service = ServiceProcess("qr", settings, workdir)
-    try:
-        upstream = Upstream("qr", "127.0.0.1", service.port, qr_server_module.GRPC_SERVICES)
-        with running_edge([upstream], workdir) as (base_url, _):
-            wait_healthz(base_url, 200)
-            yield base_url
-    finally:
-        service.stop()
+    """The whole mesh behind Envoy; the base URL once /healthz is 200."""
+    with running_mesh(settings, tmp_path_factory.mktemp("edge")) as (base_url, _):
+        yield base_url

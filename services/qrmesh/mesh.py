@@ -26,9 +26,11 @@ class ServiceEntry:
         return names
 
 
+# In start order: identity first, since every other service verifies callers with it.
 SERVICES: dict[str, ServiceEntry] = {
     entry.name: entry
     for entry in [
+        ServiceEntry(name="identity", module="qrmesh.identity.server", default_port=50052),
         ServiceEntry(name="qr", module="qrmesh.qr.server", default_port=50051),
     ]
 }

@@ -9,6 +9,7 @@ everything this started, services first, engines last.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -83,6 +84,8 @@ class Stack:
 
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         env.setdefault("QRMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{self.edge_port}")
+        # Services prove themselves to each other with this; a fresh one each run unless given.
+        env.setdefault("QRMESH_SERVICE_SECRET", secrets.token_urlsafe(32))
         upstreams = []
         for name, entry in SERVICES.items():
             port_file = self.data_dir / f"{name}.port"
@@ -98,6 +101,8 @@ class Stack:
             port = self._wait_port(name, port_file, logs / f"{name}.log")
             say(f"service {name}: gRPC on 127.0.0.1:{port} (log: .qrmesh/logs/{name}.log)")
             upstreams.append(Upstream(name=name, host="127.0.0.1", port=port, grpc_services=entry.grpc_services()))
+            if name == "identity":
+                env["QRMESH_IDENTITY_ADDR"] = f"127.0.0.1:{port}"
 
         config = render_config(upstreams, listen_port=self.edge_port)
         self.envoy = EnvoyProcess(config, self.data_dir, log_path=logs / "envoy.log")

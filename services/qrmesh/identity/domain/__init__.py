@@ -1,0 +1,1 @@
+"""Identity rules without I/O: passwords, emails, tokens, signing keys, roles, throttling, pagination."""

@@ -1,0 +1,44 @@
+"""The identity service: accounts, sessions, organizations, members, invitations and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from qrmesh.identity.access import LocalAccessBackend, identity_for
+from qrmesh.identity.servicer import AccessServicer, ApiKeyServicer, AuthServicer, OrganizationServicer, UserServicer
+from qrmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
+from qrmesh.platform.server import Resources, Server, ServiceSpec
+from qrmesh.platform.server import create_server as _create_server
+from qrmesh.platform.settings import Settings
+
+GRPC_SERVICES = [
+    identity_service_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("AuthService", "UserService", "OrganizationService", "ApiKeyService", "AccessService")
+]
+
+
+def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
+    """Add the five identity servicers, sharing one `Identity`."""
+    identity = identity_for(resources)
+    identity_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
+    identity_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(identity), server)
+    identity_service_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(identity), server)
+    identity_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(identity), server)
+    identity_service_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(identity), server)
+    return GRPC_SERVICES
+
+
+SPEC = ServiceSpec(
+    name="identity",
+    register=register,
+    migrations=Path(__file__).with_name("migrations"),
+    access=lambda resources: LocalAccessBackend(resources),
+)
+
+
+async def create_server(settings: Settings) -> tuple[Server, int]:
+    """Build and bind the identity service; `await server.start()` serves it."""
+    return await _create_server(settings, SPEC)
