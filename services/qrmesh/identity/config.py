@@ -5,20 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from qrmesh.platform.settings import Settings, SettingsError
+from qrmesh.platform.settings import Settings, int_setting
 
 
 def _int(extra: dict[str, str], name: str, default: int, *, low: int, high: int) -> int:
-    raw = extra.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"QRMESH_IDENTITY_{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"QRMESH_IDENTITY_{name} must be between {low} and {high}, got {value}")
-    return value
+    return int_setting(
+        {f"QRMESH_IDENTITY_{k}": v for k, v in extra.items()}, f"QRMESH_IDENTITY_{name}", default, low=low, high=high
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ def _text(environ: Mapping[str, str], name: str, default: str | None) -> str:
     return default
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+def int_setting(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    """The integer variable `name` within [low, high], or `default` when unset; SettingsError names it."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -99,13 +100,13 @@ class Settings:
             database_url=_text(env, "DATABASE_URL", None),
             redis_url=_text(env, "REDIS_URL", None),
             host=_text(env, "QRMESH_GRPC_HOST", "127.0.0.1"),
-            port=_int(env, "QRMESH_GRPC_PORT", port, low=0, high=65535),
+            port=int_setting(env, "QRMESH_GRPC_PORT", port, low=0, high=65535),
             public_base_url=_text(env, "QRMESH_PUBLIC_BASE_URL", "http://127.0.0.1:8080").rstrip("/"),
             log_level=_choice(env, "QRMESH_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             log_format=_choice(env, "QRMESH_LOG_FORMAT", "json", ("json", "text")),
             shutdown_grace=_float(env, "QRMESH_SHUTDOWN_GRACE", 10.0, low=0.0, high=600.0),
             default_deadline=_float(env, "QRMESH_DEFAULT_DEADLINE", 5.0, low=0.05, high=600.0),
-            db_pool_size=_int(env, "QRMESH_DB_POOL_SIZE", 10, low=1, high=200),
+            db_pool_size=int_setting(env, "QRMESH_DB_POOL_SIZE", 10, low=1, high=200),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
             identity_address=env.get("QRMESH_IDENTITY_ADDR", "").strip(),
             service_secret=env.get("QRMESH_SERVICE_SECRET", "").strip(),
