@@ -185,9 +185,9 @@ def wait_healthz(base_url: str, expected: int, timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def running_edge(upstreams: list[Upstream], workdir: Path) -> Iterator[tuple[str, EnvoyProcess]]:
-    """A real Envoy on a free port in front of `upstreams`."""
-    config = render_config(upstreams, listen_port=0, health_check_interval="0.2s")
+def running_edge(upstreams: list[Upstream], workdir: Path, **options: int) -> Iterator[tuple[str, EnvoyProcess]]:
+    """A real Envoy on a free port in front of `upstreams` (`options` go to render_config)."""
+    config = render_config(upstreams, listen_port=0, health_check_interval="0.2s", **options)  # type: ignore[arg-type]
     try:
         envoy = EnvoyProcess(config, workdir)
     except FileNotFoundError as exc:

@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from qrmesh.edge import Upstream, render_config
+    from qrmesh.edge import Upstream, render_config, static_files
 
     if args.kubernetes:
         upstreams = [
@@ -62,6 +62,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
             admin_port=9901,
             descriptor_path="/etc/envoy/qrmesh.binpb",
             health_check_interval="5s",
+            static=static_files(Path("/etc/envoy/static")),
         )
     else:
         upstreams = [

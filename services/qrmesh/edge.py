@@ -5,17 +5,20 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pool
 
 from qrmesh.descriptors import DESCRIPTOR_SET_PATH
 
@@ -30,6 +33,11 @@ LOCAL_ERRORS: list[tuple[int, int, str]] = [
 ]
 
 
+# Browsers on the developer's own machine may call the API; production sets QRMESH_CORS_ORIGINS.
+LOCAL_ORIGINS = [r"^https?://(localhost|127\.0\.0\.1)(:[0-9]+)?$"]
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """A service behind the edge."""
@@ -40,6 +48,79 @@ class Upstream:
     grpc_services: Sequence[str] = field(default_factory=list)
     dns: bool = False
     """Resolve `host` by DNS (Kubernetes Services) instead of a literal address."""
+    timeout: str = "30s"
+    """How long a call may take at the edge."""
+
+    @property
+    def idempotent_methods(self) -> list[str]:
+        """`package.Service/Method` of every read (HTTP GET) RPC, which the edge may retry."""
+        return idempotent_methods(self.grpc_services)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """A file Envoy answers itself (the API document, the docs page)."""
+
+    path: str
+    filename: str
+    content_type: str
+
+
+def idempotent_methods(grpc_services: Sequence[str]) -> list[str]:
+    """Methods of these services whose HTTP rule is a GET."""
+    pool = descriptor_pool.Default()
+    found = []
+    for name in grpc_services:
+        for method in pool.FindServiceByName(name).methods:
+            rule = method.GetOptions().Extensions[annotations_pb2.http]
+            if rule.WhichOneof("pattern") == "get":
+                found.append(f"{name}/{method.name}")
+    return found
+
+
+def docs_dir() -> Path:
+    """envoy/docs from the source tree, or the copy packed in the wheel."""
+    source = Path(__file__).resolve().parents[2] / "envoy" / "docs"
+    if source.exists():
+        return source
+    return Path(__file__).with_name("envoy") / "docs"
+
+
+def static_files(root: Path | None = None) -> list[StaticFile]:
+    """/openapi.json and the /docs page with its Swagger UI assets (from the swagger-ui-bundle package).
+
+    With `root`, the files are named as they will be mounted there (Kubernetes) instead of where
+    they are on this machine.
+    """
+    import swagger_ui_bundle
+
+    swagger = Path(swagger_ui_bundle.swagger_ui_path)
+    files = [
+        ("/openapi.json", DESCRIPTOR_SET_PATH.with_name("openapi.json"), "application/json"),
+        ("/docs", docs_dir() / "index.html", "text/html; charset=utf-8"),
+        ("/docs/", docs_dir() / "index.html", "text/html; charset=utf-8"),
+        ("/docs/init.js", docs_dir() / "init.js", "application/javascript"),
+        ("/docs/swagger-ui.css", swagger / "swagger-ui.css", "text/css"),
+        ("/docs/swagger-ui-bundle.js", swagger / "swagger-ui-bundle.js", "application/javascript"),
+        (
+            "/docs/swagger-ui-standalone-preset.js",
+            swagger / "swagger-ui-standalone-preset.js",
+            "application/javascript",
+        ),
+    ]
+    return [
+        StaticFile(path, str(root / local.name if root is not None else local), content_type)
+        for path, local, content_type in files
+        if root is not None or local.exists()
+    ]
+
+
+def cors_origins(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Allowed browser origins as regular expressions: QRMESH_CORS_ORIGINS (comma-separated) or local ones."""
+    raw = (os.environ if environ is None else environ).get("QRMESH_CORS_ORIGINS", "").strip()
+    if not raw:
+        return LOCAL_ORIGINS
+    return ["^" + re.escape(origin.strip().rstrip("/")) + "$" for origin in raw.split(",") if origin.strip()]
 
 
 def template_path() -> Path:
@@ -59,6 +140,11 @@ def render_config(
     admin_port: int = 0,
     descriptor_path: Path | str = DESCRIPTOR_SET_PATH,
     health_check_interval: str = "1s",
+    static: Sequence[StaticFile] | None = None,
+    origins: Sequence[str] | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    requests_per_second: int = 500,
+    burst: int = 1000,
 ) -> str:
     """Envoy's YAML configuration for these upstreams."""
     environment = jinja2.Environment(
@@ -79,6 +165,10 @@ def render_config(
         descriptor_path=str(descriptor_path),
         health_check_interval=health_check_interval,
         local_errors=LOCAL_ERRORS,
+        static_files=static_files() if static is None else static,
+        cors_origins=cors_origins() if origins is None else origins,
+        max_request_bytes=max_request_bytes,
+        rate_limit={"per_second": requests_per_second, "burst": burst},
     )
 
 
