@@ -194,6 +194,7 @@ def run(data_dir: Path, edge_port: int) -> int:
         say("ready:")
         say(f"  REST        {base}/v1/...   e.g. POST {base}/v1/qrCodes:render")
         say(f"  gRPC (h2c)  127.0.0.1:{edge_port}")
+        say(f"  API docs    {base}/docs   (OpenAPI: {base}/openapi.json)")
         say(f"  health      {base}/healthz")
         say(f"  Envoy admin {stack.envoy.admin_url if stack.envoy else ''}")
         say("Ctrl-C stops everything.")
