@@ -87,14 +87,14 @@ def docs_dir() -> Path:
 
 
 def static_files(root: Path | None = None) -> list[StaticFile]:
-    """/openapi.json and the /docs page with its Swagger UI assets (from the swagger-ui-bundle package).
+    """/openapi.json and the /docs page with its Swagger UI assets (from the swagger-ui-py package).
 
     With `root`, the files are named as they will be mounted there (Kubernetes) instead of where
     they are on this machine.
     """
-    import swagger_ui_bundle
+    import swagger_ui
 
-    swagger = Path(swagger_ui_bundle.swagger_ui_path)
+    swagger = Path(swagger_ui.__file__).parent / "static"
     files = [
         ("/openapi.json", DESCRIPTOR_SET_PATH.with_name("openapi.json"), "application/json"),
         ("/docs", docs_dir() / "index.html", "text/html; charset=utf-8"),
