@@ -20,7 +20,7 @@ import jinja2
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
 
-from qrmesh.descriptors import DESCRIPTOR_SET_PATH
+from qrmesh.descriptors import DESCRIPTOR_SET_PATH, OPENAPI_PATH
 
 # Local replies Envoy makes itself, as (HTTP status, gRPC code, ErrorInfo reason).
 LOCAL_ERRORS: list[tuple[int, int, str]] = [
@@ -96,7 +96,7 @@ def static_files(root: Path | None = None) -> list[StaticFile]:
 
     swagger = Path(swagger_ui.__file__).parent / "static"
     files = [
-        ("/openapi.json", DESCRIPTOR_SET_PATH.with_name("openapi.json"), "application/json"),
+        ("/openapi.json", OPENAPI_PATH, "application/json"),
         ("/docs", docs_dir() / "index.html", "text/html; charset=utf-8"),
         ("/docs/", docs_dir() / "index.html", "text/html; charset=utf-8"),
         ("/docs/init.js", docs_dir() / "init.js", "application/javascript"),

@@ -1056,3 +1056,22 @@ def test_translated_proto_encodes() -> None:
         wifi=pb.WifiPayload(ssid="Guest;Net", password="welcome!", security=pb.WifiPayload.SECURITY_UNSPECIFIED)
     )
     assert encode(payload_from_proto(content)) == "WIFI:T:WPA;S:Guest\\;Net;P:welcome!;;"
+
+
+@pytest.mark.parametrize(
+    ("start", "time_zone", "all_day"),
+    [
+        ("9999-12-31T23:59:59", "", False),
+        ("9999-12-31T16:00:00", "Asia/Tokyo", True),
+        ("0001-01-01T00:00:00", "", False),
+    ],
+)
+def test_events_at_the_edge_of_time_are_refused_not_crashed(start: str, time_zone: str, all_day: bool) -> None:
+    moment = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    with pytest.raises(InvalidArgument) as caught:
+        encode(
+            Event(
+                summary="x", start=moment, end=None, location="", description="", all_day=all_day, time_zone=time_zone
+            )
+        )
+    assert caught.value.reason == "EVENT_OUT_OF_RANGE"

@@ -91,3 +91,16 @@ def test_validate_raises_invalid_argument_with_violations() -> None:
         validate(url_request(""))
     assert caught.value.violations[0].field == "content.url.url"
     assert str(caught.value) == "content.url.url: is required"
+
+
+def test_nul_is_refused_in_any_string_even_without_rules() -> None:
+    message = url_request("https://a.example")
+    message.content.url.url = "https://a.example/\x00"
+    found = [v.description for v in violations(message) if v.field == "content.url.url"]
+    assert "must not contain NUL characters" in found
+    from qrmesh.identity.v1 import identity_pb2, identity_service_pb2
+
+    request = identity_service_pb2.CreateOrganizationRequest(
+        organization=identity_pb2.Organization(display_name="Ac\x00me"), request_id="a\x00b"
+    )
+    assert {v.field for v in violations(request)} == {"organization.displayName", "requestId"}

@@ -105,6 +105,9 @@ class _FieldPlan:
         self.value_checks: list[Check] = []
         self.count_checks: list[Callable[[int], Iterator[str]]] = []
         self.recurse = fd.message_type is not None and not fd.message_type.GetOptions().map_entry
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            # No text anywhere may carry NUL: PostgreSQL cannot store it and nothing legitimate sends it.
+            self.value_checks.append(_no_nul)
         options = fd.GetOptions()
         if options.HasExtension(rules_pb2.field):
             rules = options.Extensions[rules_pb2.field]
@@ -154,6 +157,11 @@ class _MessagePlan:
 @cache
 def _plan(descriptor: Descriptor) -> _MessagePlan:
     return _MessagePlan(descriptor)
+
+
+def _no_nul(value: str) -> Iterator[str]:
+    if "\x00" in value:
+        yield "must not contain NUL characters"
 
 
 def _string_check(rules: rules_pb2.StringRules) -> Check:

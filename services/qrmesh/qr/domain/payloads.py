@@ -681,6 +681,10 @@ def _geo(payload: Geo) -> str:
 _PRODID = "-//qrmesh//QR//EN"
 
 
+_EARLIEST_EVENT = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST_EVENT = datetime(9998, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
 def _ical_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
@@ -702,6 +706,10 @@ def _event(payload: Event) -> str:
     start = start.replace(microsecond=0)
     end = payload.end.replace(microsecond=0) if payload.end is not None else None
     end_path = _path("event", "end")
+    # Far-off dates would overflow when a default end or a time zone is applied.
+    for moment, moment_path in ((start, _path("event", "start")), (end, end_path)):
+        if moment is not None and not _EARLIEST_EVENT <= moment <= _LATEST_EVENT:
+            raise _invalid(moment_path, "must be between 1900-01-01 and 9998-12-31", "EVENT_OUT_OF_RANGE")
 
     if payload.all_day:
         first_day = start.astimezone(zone).date()
