@@ -147,10 +147,11 @@ class Stack:
         if self.envoy is not None:
             self.envoy.stop()
             say("Envoy stopped")
-        for child in self.children.values():
+        # Dependents first: identity, which the others ask about callers, stops last.
+        for child in reversed(self.children.values()):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for name, child in self.children.items():
+        for name, child in reversed(self.children.items()):
             try:
                 child.wait(20)
             except subprocess.TimeoutExpired:
