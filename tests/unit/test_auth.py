@@ -48,8 +48,14 @@ class Backend:
         self.keys: dict[str, Any] = {"k1": KEY.public_key()}
         self.api_keys: dict[str, ApiKeyInfo] = {}
         self.roles: dict[tuple[str, str], Role] = {}
+        self.refreshes = 0
+        self.published_since: dict[str, Any] = {}
+        """Keys the identity service published after this backend last fetched."""
 
-    async def public_keys(self) -> Mapping[str, Any]:
+    async def public_keys(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        if refresh:
+            self.refreshes += 1
+            self.keys.update(self.published_since)
         return self.keys
 
     async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:
@@ -240,3 +246,18 @@ def test_role_ranks_follow_the_contract() -> None:
     assert Role.from_proto(policy_pb2.ROLE_UNSPECIFIED) is None
     assert Role.OWNER.rank > Role.ADMIN.rank > Role.EDITOR.rank > Role.VIEWER.rank
     assert Role.EDITOR.to_proto() == policy_pb2.EDITOR
+
+
+async def test_an_unknown_kid_asks_for_fresh_keys(guard: Guard) -> None:
+    backend(guard).roles[(ORG, "users/u1")] = Role.VIEWER
+    with pytest.raises(Unauthenticated):
+        await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {token(kid='k9')}"))  # type: ignore[arg-type]
+    assert backend(guard).refreshes == 1
+    # A key published since the last fetch (a rotation) is found on the refresh.
+    backend(guard).published_since["k9"] = OTHER_KEY.public_key()
+    rotated = token(kid="k9", key=OTHER_KEY)
+    await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {rotated}"))  # type: ignore[arg-type]
+    assert backend(guard).refreshes == 2
+    # Known keys need no refresh.
+    await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {rotated}"))  # type: ignore[arg-type]
+    assert backend(guard).refreshes == 2

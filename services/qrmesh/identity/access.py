@@ -18,8 +18,9 @@ class LocalAccessBackend:
     def __init__(self, resources: Resources, identity: Identity | None = None) -> None:
         self.identity = identity if identity is not None else identity_for(resources)
 
-    async def public_keys(self) -> dict[str, Any]:
-        """{kid: Ed25519PublicKey} of every key whose tokens may still be valid."""
+    async def public_keys(self, *, refresh: bool = False) -> dict[str, Any]:
+        """{kid: Ed25519PublicKey} of every key whose tokens may still be valid (identity owns them;
+        its key ring reloads on its own schedule, so `refresh` changes nothing here)."""
         return dict(await self.identity.public_keys())
 
     async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:

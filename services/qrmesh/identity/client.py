@@ -66,12 +66,15 @@ class RemoteAccessBackend:
     def _service_metadata(self) -> tuple[tuple[str, str], ...]:
         return ((SERVICE_TOKEN_HEADER, service_token(self.service_secret, self.service)),)
 
-    async def public_keys(self) -> Mapping[str, Any]:
-        now = time.monotonic()
-        if now - self._fetched < self.KEY_REFRESH_INTERVAL and self._keys:
+    def _due(self, refresh: bool) -> bool:
+        age = time.monotonic() - self._fetched
+        return not self._keys or age >= self.KEY_REFRESH_INTERVAL or (refresh and age >= self.UNKNOWN_KID_RETRY)
+
+    async def public_keys(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        if not self._due(refresh):
             return self._keys
         async with self._lock:
-            if time.monotonic() - self._fetched >= min(self.KEY_REFRESH_INTERVAL, self.UNKNOWN_KID_RETRY):
+            if self._due(refresh):
                 auth, _ = self._stubs()
                 try:
                     answer = await auth.GetJsonWebKeySet(identity_service_pb2.GetJsonWebKeySetRequest())

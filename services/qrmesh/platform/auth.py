@@ -117,8 +117,9 @@ class ApiKeyInfo:
 class AccessBackend(Protocol):
     """Where the guard learns public keys, API keys and roles."""
 
-    async def public_keys(self) -> Mapping[str, Any]:
-        """kid → public key of every key whose tokens may still be valid."""
+    async def public_keys(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        """kid → public key of every key whose tokens may still be valid; `refresh` after an
+        unknown kid asks for a fresh set (backends rate-limit that)."""
         ...
 
     async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:
@@ -327,8 +328,12 @@ class Guard:
         if header.get("alg") != ALGORITHM:
             raise Unauthenticated("the access token is not signed the way qrmesh signs", reason="INVALID_TOKEN")
         kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise Unauthenticated("the access token names no signing key", reason="INVALID_TOKEN")
         keys = await self.backend.public_keys()
-        if not isinstance(kid, str) or kid not in keys:
+        if kid not in keys:  # perhaps a key newer than the cached set
+            keys = await self.backend.public_keys(refresh=True)
+        if kid not in keys:
             raise Unauthenticated("the access token was signed by an unknown key", reason="INVALID_TOKEN")
         try:
             claims = jwt.decode(

@@ -76,7 +76,7 @@ class ServiceSpec:
 class NoAccess:
     """The backend of a service that was given none: it can verify nobody."""
 
-    async def public_keys(self) -> Mapping[str, Any]:
+    async def public_keys(self, *, refresh: bool = False) -> Mapping[str, Any]:
         raise Unavailable("this service cannot verify callers (no access backend)", reason="NO_ACCESS_BACKEND")
 
     async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:

@@ -119,6 +119,10 @@ class _FieldPlan:
         if kind == "string":
             if fd.type != FieldDescriptor.TYPE_STRING:
                 raise TypeError(f"{fd.full_name}: string rules on a non-string field")
+            if (rules.string.HasField("pattern") or rules.string.uri_schemes) and not rules.string.HasField("max_len"):
+                raise TypeError(
+                    f"{fd.full_name}: a pattern or URI rule needs a max_len, so it never runs on unbounded input"
+                )
             self.value_checks.append(_string_check(rules.string))
         elif kind == "integer":
             if fd.type not in _INTEGER_TYPES:
@@ -175,7 +179,9 @@ def _string_check(rules: rules_pb2.StringRules) -> Check:
         if min_len is not None and len(value) < min_len:
             yield f"must be at least {min_len} characters long"
         if max_len is not None and len(value) > max_len:
+            # Nothing more is looked at: patterns and URL parsing only ever see bounded input.
             yield f"must be at most {max_len} characters long (got {len(value)})"
+            return
         if pattern is not None and not pattern.fullmatch(value):
             yield f"must {pattern_text}"
         if schemes and not _is_uri(value, schemes):
