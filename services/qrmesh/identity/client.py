@@ -20,10 +20,12 @@ import redis.asyncio as redis
 from qrmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from qrmesh.platform.auth import (
     ALGORITHM,
+    CACHE_TTL,
     SERVICE_TOKEN_HEADER,
     ApiKeyInfo,
     Role,
     api_key_cache_key,
+    cached_value,
     decode_api_key,
     encode_api_key,
     role_cache_key,
@@ -33,8 +35,6 @@ from qrmesh.platform.auth import (
 from qrmesh.platform.channels import create_channel
 from qrmesh.platform.errors import Unavailable
 from qrmesh.platform.server import Resources
-
-CACHE_TTL = 60
 
 
 class RemoteAccessBackend:
@@ -90,7 +90,7 @@ class RemoteAccessBackend:
     async def authenticate_api_key(self, secret: str) -> ApiKeyInfo | None:
         digest = secret_digest(secret)
         if self.redis is not None:
-            cached = await self.redis.get(api_key_cache_key(digest))
+            cached = cached_value(await self.redis.get(api_key_cache_key(digest)))
             if cached is not None:
                 return decode_api_key(cached)
         _, access = self._stubs()
@@ -109,15 +109,14 @@ class RemoteAccessBackend:
             expires_at=answer.expire_time.ToDatetime(UTC) if answer.HasField("expire_time") else None,
         )
         if self.redis is not None:
-            await self.redis.set(api_key_cache_key(digest), encode_api_key(info), ex=CACHE_TTL)
+            await self.redis.set(api_key_cache_key(digest), encode_api_key(info), ex=CACHE_TTL, nx=True)
         return info
 
     async def role(self, organization: str, user: str) -> Role | None:
         if self.redis is not None:
-            cached = await self.redis.get(role_cache_key(organization, user))
+            cached = cached_value(await self.redis.get(role_cache_key(organization, user)))
             if cached is not None:
-                text = cached.decode() if isinstance(cached, bytes) else cached
-                return None if text == "-" else Role[text]
+                return None if cached == "-" else Role[cached]
         _, access = self._stubs()
         try:
             answer = await access.GetRole(
@@ -128,7 +127,7 @@ class RemoteAccessBackend:
             raise Unavailable(f"cannot reach the identity service: {exc.code().name}") from None
         role = Role.from_proto(answer.role)
         if self.redis is not None:
-            await self.redis.set(role_cache_key(organization, user), role.name if role else "-", ex=CACHE_TTL)
+            await self.redis.set(role_cache_key(organization, user), role.name if role else "-", ex=CACHE_TTL, nx=True)
         return role
 
     async def close(self) -> None:

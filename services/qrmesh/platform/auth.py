@@ -162,14 +162,29 @@ def role_cache_key(organization: str, user: str) -> str:
     return f"qrmesh:auth:role:{organization}:{user}"
 
 
+# How long other services may cache an API key look-up or a role.
+CACHE_TTL = 60
+# Written over a cache entry when identity changes what it holds. Readers ask identity again and
+# cache only with SET NX, so a look-up that raced the change cannot bring the old value back.
+TOMBSTONE = "~forgotten~"
+
+
+def cached_value(raw: bytes | str | None) -> str | None:
+    """A cache entry's text, or None when absent or forgotten."""
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return None if text == TOMBSTONE else text
+
+
 async def forget_api_key(client: redis.Redis, digest: str) -> None:
-    """Drop a cached API key look-up (after a revoke or rotation)."""
-    await client.delete(api_key_cache_key(digest))
+    """Forget a cached API key look-up (after a revoke or rotation)."""
+    await client.set(api_key_cache_key(digest), TOMBSTONE, ex=CACHE_TTL)
 
 
 async def forget_role(client: redis.Redis, organization: str, user: str) -> None:
-    """Drop a cached role (after a membership changes)."""
-    await client.delete(role_cache_key(organization, user))
+    """Forget a cached role (after a membership changes)."""
+    await client.set(role_cache_key(organization, user), TOMBSTONE, ex=CACHE_TTL)
 
 
 # Service identity -------------------------------------------------------------------------------
