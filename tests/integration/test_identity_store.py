@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import jwt
@@ -18,9 +20,9 @@ from qrmesh.identity import store
 from qrmesh.identity.config import IdentityConfig
 from qrmesh.identity.domain import passwords, signing, tokens
 from qrmesh.identity.domain.roles import MemberRole
-from qrmesh.identity.login_throttle import ADDRESS_POLICY, LoginThrottle
+from qrmesh.identity.login_throttle import ADDRESS_POLICY, LoginThrottle, subject_key
 from qrmesh.identity.server import SPEC
-from qrmesh.identity.service import Identity
+from qrmesh.identity.service import Identity, SessionTokens
 from qrmesh.platform.cache import create_redis
 from qrmesh.platform.database import create_engine, migrate
 from qrmesh.platform.errors import (
@@ -248,24 +250,25 @@ async def test_login_throttling_delays_then_locks(engine: AsyncEngine, client: r
 
     async def attempt(email: str) -> str:
         try:
-            await throttle.check([f"t:{email}"], clock[0])
+            admission = await throttle.attempt([f"t:{email}"], clock[0])
         except ResourceExhausted as exc:
             return f"{exc.reason} {exc.retry_after:g}"
-        await throttle.failed([f"t:{email}"], clock[0])
+        await throttle.failed(admission, clock[0])
         return "failed"
 
     subject = secrets.token_hex(4)
     outcomes = [await attempt(subject) for _ in range(5)]
     assert outcomes == ["failed"] * 5
-    assert await attempt(subject) == "LOGIN_THROTTLED 1"
+    assert await attempt(subject) == "LOGIN_THROTTLED 2"  # refused, yet counted: the next one waits 2 s
+    clock[0] += 2
+    assert await attempt(subject) == "failed"  # 7th attempt, made when told
     clock[0] += 1
-    assert await attempt(subject) == "failed"  # 6th failure
-    clock[0] += 1
-    assert await attempt(subject) == "LOGIN_THROTTLED 1"
-    clock[0] += 1
-    for _ in range(4):
-        assert await attempt(subject) == "failed"
-        clock[0] += 60
+    assert await attempt(subject) == "LOGIN_THROTTLED 8"  # too early: the 8th, and the next waits longer
+    clock[0] += 8
+    assert await attempt(subject) == "failed"  # 9th
+    clock[0] += 16
+    assert await attempt(subject) == "failed"  # 10th
+    clock[0] += 60
     assert await attempt(subject) == "LOGIN_THROTTLED 840"  # locked 15 minutes from the 10th failure
     clock[0] += 840
     assert await attempt(subject) == "failed"
@@ -295,6 +298,26 @@ async def test_login_throttles_per_client_address(identity: Identity, client: re
             await identity.login(new_email("spray"), "wrong-password-123", address)
     with pytest.raises(ResourceExhausted):
         await identity.login(new_email("spray"), "wrong-password-123", address)
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["account", "no-account"])
+async def test_concurrent_wrong_passwords_get_no_more_tries_than_the_limit(identity: Identity, exists: bool) -> None:
+    email = (await identity.sign_up(new_email(), PASSWORD, "")).email if exists else new_email("nobody")
+    address = f"192.0.2.1-{secrets.token_hex(4)}"
+
+    async def guess(number: int) -> str | None:
+        try:
+            await identity.login(email, f"wrong-password-{number:03d}", address)
+        except (Unauthenticated, ResourceExhausted) as exc:
+            return exc.reason
+        return None
+
+    outcomes = await asyncio.gather(*(guess(number) for number in range(40)))
+    checked = outcomes.count("INVALID_CREDENTIALS")  # the attempts that got to the password check
+    assert 1 <= checked <= identity.throttle.policy.lock_after
+    assert outcomes.count("LOGIN_THROTTLED") == len(outcomes) - checked
+    with pytest.raises(ResourceExhausted):
+        await identity.login(email, PASSWORD, address)
 
 
 # ---------------------------------------------------------------- sessions
@@ -388,6 +411,68 @@ async def test_change_password_keeps_the_current_session_only(identity: Identity
     await identity.refresh(mine.refresh_token)
     with pytest.raises(Unauthenticated):
         await identity.refresh(other.refresh_token)
+
+
+async def live_refresh_tokens(sessions: async_sessionmaker[AsyncSession], user_id: str) -> int:
+    async with sessions.begin() as session:
+        count = await session.scalar(
+            sa.select(sa.func.count()).where(
+                store.refresh_tokens.c.user_id == user_id, store.refresh_tokens.c.revoked_at.is_(None)
+            )
+        )
+    return int(count or 0)
+
+
+@pytest.mark.parametrize("revocation", ["logout", "reset_password"])
+async def test_revocation_ends_a_session_refreshed_meanwhile(
+    identity: Identity, sessions: async_sessionmaker[AsyncSession], revocation: str
+) -> None:
+    user = await identity.sign_up(new_email(), PASSWORD, "")
+    password = PASSWORD
+    for round_ in range(30 if revocation == "logout" else 10):
+        live = await identity.login(user.email, password, None)
+        if revocation == "logout":
+            revoke = identity.logout(live.refresh_token)
+        else:
+            await identity.request_password_reset(user.email)
+            token = token_in((await outbox_for(sessions, user.email))[-1][1])
+            password = f"copper-lantern-meadow-{round_:02d}"
+            revoke = identity.reset_password(token, password)
+        refreshed, revoked = await asyncio.gather(identity.refresh(live.refresh_token), revoke, return_exceptions=True)
+        assert revoked is None
+        assert isinstance(refreshed, SessionTokens | Unauthenticated), refreshed
+        assert await live_refresh_tokens(sessions, user.id) == 0, f"a token outlived the {revocation} in round {round_}"
+
+
+@pytest.mark.parametrize("revocation", ["logout", "reset_password"])
+async def test_revocation_waits_for_a_refresh_in_progress(
+    identity: Identity, sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch, revocation: str
+) -> None:
+    user = await identity.sign_up(new_email(), PASSWORD, "")
+    live = await identity.login(user.email, PASSWORD, None)
+    await identity.request_password_reset(user.email)
+    token = token_in((await outbox_for(sessions, user.email))[-1][1])
+    inserted, go = asyncio.Event(), asyncio.Event()
+    insert = store.insert_refresh_token
+
+    async def insert_then_wait(**kwargs: Any) -> None:
+        await insert(**kwargs)
+        inserted.set()
+        await go.wait()  # the refresh holds its locks, its successor not committed yet
+
+    monkeypatch.setattr(store, "insert_refresh_token", insert_then_wait)
+    refresh = asyncio.create_task(identity.refresh(live.refresh_token))
+    await asyncio.wait_for(inserted.wait(), 10)
+    if revocation == "logout":
+        revoke = asyncio.create_task(identity.logout(live.refresh_token))
+    else:
+        revoke = asyncio.create_task(identity.reset_password(token, "copper-lantern-meadow-42"))
+    await asyncio.sleep(0.5)  # time for the revocation to get as far as it can
+    assert not revoke.done()
+    go.set()
+    await refresh
+    await revoke
+    assert await live_refresh_tokens(sessions, user.id) == 0  # the successor is revoked too
 
 
 # ---------------------------------------------------------------- signing keys
@@ -666,9 +751,22 @@ async def test_dummy_hash_verification_costs_like_a_real_one() -> None:
 
 async def test_login_throttle_keys_hide_the_subject(client: redis.Redis) -> None:
     throttle = LoginThrottle(client)
-    key = "qrmesh:identity:login:account:" + secrets.token_hex(16)
-    await throttle.failed([key], 1.0)
-    assert await client.hget(key, "failures") == b"1"
-    assert 0 < await client.ttl(key) <= 900
-    await throttle.succeeded(key)
-    assert await client.exists(key) == 0
+    email, address = f"{secrets.token_hex(8)}@example.com", f"198.51.100.{secrets.randbelow(250)}"
+    account_key, address_key = subject_key("account", email), subject_key("address", address)
+    assert account_key.startswith("qrmesh:identity:login:account:")
+    assert email not in account_key
+    assert address not in address_key
+    first = await throttle.attempt([account_key, address_key], 1.0)
+    assert first.failures == (1, 1)  # counted before the password is checked
+    assert await client.hget(account_key, "failures") == b"1"
+    assert 0 < await client.ttl(account_key) <= 900
+    await throttle.failed(first, 1.0)
+    second = await throttle.attempt([account_key, address_key], 2.0)
+    assert second.failures == (2, 2)
+    await throttle.succeeded(second)
+    assert await client.exists(account_key) == 0  # the account's failures are forgotten
+    assert await client.hget(address_key, "failures") == b"1"  # the address only gets this attempt back
+    await client.delete(address_key)
+    await throttle.succeeded(second)
+    assert await client.hget(address_key, "failures") == b"0"  # never below 0
+    await client.delete(address_key)

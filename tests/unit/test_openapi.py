@@ -151,7 +151,7 @@ def test_string_rules_become_length_and_anchored_patterns(document: Json) -> Non
     email = schema(document, "qrmesh.identity.v1.SignUpRequest")["properties"]["email"]
     assert email["maxLength"] == 254
     assert email["minLength"] == 1  # required: the empty string is "not set"
-    assert email["pattern"] == "^(?:[^@\\s]+@[^@\\s]+\\.[^@\\s]+)$"
+    assert email["pattern"] == "^(?:[^@\\s]+@[^@\\s.]+(\\.[^@\\s.]+)+)$"
     url = schema(document, "qrmesh.qr.v1.UrlPayload")["properties"]["url"]
     assert url["pattern"].startswith("^(?:[Hh][Tt][Tt][Pp]|[Hh][Tt][Tt][Pp][Ss])://")
     stops = schema(document, "qrmesh.qr.v1.Design.Gradient")["properties"]["stops"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -20,6 +21,14 @@ def subject_key(kind: str, subject: str) -> str:
     return f"{KEY_PREFIX}{kind}:{digest}"
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A login attempt let through: its subjects' keys and their failure counts, this attempt included."""
+
+    keys: tuple[str, ...]
+    failures: tuple[int, ...]
+
+
 # Many people can share one address (offices, NAT, mobile carriers): it gets more room than an account.
 ADDRESS_POLICY = ThrottlePolicy(delay_after=20, lock_after=50)
 
@@ -34,57 +43,90 @@ class LoginThrottle:
         self.policy = policy or ThrottlePolicy()
         self.address_policy = address_policy or ADDRESS_POLICY
 
-    def _policy(self, key: str) -> ThrottlePolicy:
-        return self.address_policy if key.startswith(f"{KEY_PREFIX}address:") else self.policy
+    def _is_address(self, key: str) -> bool:
+        return key.startswith(f"{KEY_PREFIX}address:")
 
-    async def check(self, keys: Sequence[str], now: float) -> None:
-        """Raise ResourceExhausted (reason LOGIN_THROTTLED) if any subject must wait."""
+    def _policy(self, key: str) -> ThrottlePolicy:
+        return self.address_policy if self._is_address(key) else self.policy
+
+    async def attempt(self, keys: Sequence[str], now: float) -> Admission:
+        """Count a login attempt against every subject, then let it through or raise ResourceExhausted.
+
+        Reading a subject's counters and counting the attempt happen in one transaction, so concurrent
+        attempts each see those before them and no more get through than the policies allow. The
+        attempt counts as a failure (and restarts the delay) until `succeeded` says otherwise; refused
+        attempts count too, so hammering a throttled subject only makes it wait longer. The answer
+        (reason LOGIN_THROTTLED) tells how long the next attempt must wait.
+        """
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.redis.pipeline(transaction=True) as pipe:
                 for key in keys:
                     pipe.hmget(key, "failures", "last")
                     pipe.get(f"{key}:lock")
+                    pipe.hincrby(key, "failures", 1)
+                    pipe.hset(key, "last", repr(now))
+                    pipe.expire(key, self._policy(key).window_seconds, nx=True)
                 answers = await pipe.execute()
         except RedisError as exc:
-            raise Unavailable("login is unavailable for a moment; try again") from exc
+            raise _unavailable() from exc
+        refused = False
         longest = 0.0
-        for index in range(0, len(answers), 2):
-            failures, last = answers[index]
-            locked = answers[index + 1]
-            wait = self._policy(keys[index // 2]).retry_after(
+        counts: list[int] = []
+        for index, key in enumerate(keys):
+            (failures, last), locked, count = answers[index * 5 : index * 5 + 3]
+            policy = self._policy(key)
+            locked_until = float(locked) if locked is not None else None
+            wait = policy.retry_after(
                 failures=int(failures or 0),
                 last_failure_at=float(last) if last is not None else None,
-                locked_until=float(locked) if locked is not None else None,
+                locked_until=locked_until,
                 now=now,
             )
-            longest = max(longest, wait or 0.0)
-        if longest > 0:
+            # What the next attempt faces, this one counted.
+            after = policy.retry_after(failures=int(count), last_failure_at=now, locked_until=locked_until, now=now)
+            refused = refused or wait is not None
+            longest = max(longest, wait or 0.0, after or 0.0)
+            counts.append(int(count))
+        if refused:
             raise ResourceExhausted(
                 "too many failed logins; wait before trying again",
                 retry_after=round(longest, 3),
                 reason="LOGIN_THROTTLED",
             )
+        return Admission(tuple(keys), tuple(counts))
 
-    async def failed(self, keys: Sequence[str], now: float) -> None:
-        """Count a failure against each subject; lock those that reach the limit."""
+    async def failed(self, admission: Admission, now: float) -> None:
+        """The admitted attempt failed (it is counted already): lock the subjects it brought to the limit."""
+        try:
+            for key, failures in zip(admission.keys, admission.failures, strict=True):
+                policy = self._policy(key)
+                if policy.locks(failures):
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.set(f"{key}:lock", repr(now + policy.lock_seconds), ex=policy.lock_seconds)
+                        pipe.delete(key)
+                        await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable() from exc
+
+    async def succeeded(self, admission: Admission) -> None:
+        """The admitted attempt logged in: forget the account's failures, take the attempt back from addresses."""
+        addresses = [key for key in admission.keys if self._is_address(key)]
+        accounts = [key for key in admission.keys if not self._is_address(key)]
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.hincrby(key, "failures", 1)
-                    pipe.hset(key, "last", repr(now))
-                    pipe.expire(key, self._policy(key).window_seconds, nx=True)
+                for key in addresses:
+                    pipe.hincrby(key, "failures", -1)
+                    pipe.expire(key, self.address_policy.window_seconds, nx=True)
+                if accounts:
+                    pipe.delete(*accounts)
                 answers = await pipe.execute()
-            for index, key in enumerate(keys):
-                policy = self._policy(key)
-                if policy.locks(int(answers[index * 3])):
-                    await self.redis.set(f"{key}:lock", repr(now + policy.lock_seconds), ex=policy.lock_seconds)
-                    await self.redis.delete(key)
+            # Below 0 only if the counters went away (a lock) after the attempt: give back what was taken.
+            for index, key in enumerate(addresses):
+                if (counted := int(answers[index * 2])) < 0:
+                    await self.redis.hincrby(key, "failures", -counted)
         except RedisError as exc:
-            raise Unavailable("login is unavailable for a moment; try again") from exc
+            raise _unavailable() from exc
 
-    async def succeeded(self, key: str) -> None:
-        """Forget an account's failures after a successful login."""
-        try:
-            await self.redis.delete(key)
-        except RedisError as exc:
-            raise Unavailable("login is unavailable for a moment; try again") from exc
+
+def _unavailable() -> Unavailable:
+    return Unavailable("login is unavailable for a moment; try again")

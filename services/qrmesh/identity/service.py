@@ -232,15 +232,16 @@ class Identity:
         """Check the password and open a session; failures are throttled per account and per address."""
         account = subject_key("account", email_key(email))
         keys = [account] if not client_address else [account, subject_key("address", client_address)]
-        await self.throttle.check(keys, time.time())
+        # Counted before the password is checked, so concurrent guesses cannot all get past the limit.
+        admission = await self.throttle.attempt(keys, time.time())
         async with self.sessions.begin() as session:
             user = await store.find_user_by_email(email_key(email), session=session)
         stored_hash = user.password_hash if user is not None else passwords.dummy_hash()
         matches = await asyncio.to_thread(passwords.verify_password, stored_hash, password)
         if user is None or not matches:
-            await self.throttle.failed(keys, time.time())
+            await self.throttle.failed(admission, time.time())
             raise Unauthenticated("email or password is wrong", reason="INVALID_CREDENTIALS")
-        await self.throttle.succeeded(account)
+        await self.throttle.succeeded(admission)
         if passwords.needs_rehash(user.password_hash):
             new_hash = await asyncio.to_thread(passwords.hash_password, password)
             async with self.sessions.begin() as session:
@@ -282,8 +283,13 @@ class Identity:
         now = utcnow()
         refresh = tokens.new_token()
         refresh_expires = now + self.config.refresh_token_ttl
+        token_hash = tokens.hash_token(refresh_token)
         async with self.sessions.begin() as session:
-            use = await store.use_refresh_token(tokens.hash_token(refresh_token), session=session, now=now)
+            # Revocations lock the user first too: none can miss the successor inserted here.
+            owner = await store.find_refresh_token(token_hash, session=session)
+            if owner is not None:
+                await store.lock_user(owner.user_id, session=session)
+            use = await store.use_refresh_token(token_hash, session=session, now=now)
             user = None
             if use.status == "OK" and use.user_id is not None and use.family_id is not None:
                 user = await store.get_user(use.user_id, session=session)
@@ -311,9 +317,10 @@ class Identity:
     async def logout(self, refresh_token: str) -> None:
         """End the session a refresh token belongs to (silently nothing if the token is unknown)."""
         async with self.sessions.begin() as session:
-            family = await store.find_refresh_family(tokens.hash_token(refresh_token), session=session)
-            if family is not None:
-                await store.revoke_family(family, session=session, now=utcnow())
+            found = await store.find_refresh_token(tokens.hash_token(refresh_token), session=session)
+            if found is not None:
+                await store.lock_user(found.user_id, session=session)
+                await store.revoke_family(found.family_id, session=session, now=utcnow())
 
     async def request_password_reset(self, email: str) -> None:
         """Queue a reset email if the address has an account; the same answer (and about the same time) either way."""
@@ -336,6 +343,7 @@ class Identity:
                 raise FailedPrecondition("the reset link is invalid, used or expired", reason="INVALID_TOKEN")
             passwords.check_password(new_password, user.email, field="newPassword")
             new_hash = await asyncio.to_thread(passwords.hash_password, new_password)
+            await store.lock_user(user.id, session=session)
             await store.set_password_hash(user.id, new_hash, session=session, now=now)
             await store.revoke_user_sessions(user.id, session=session, now=now)
             # Following the link proves the address too.
@@ -356,6 +364,7 @@ class Identity:
         new_hash = await asyncio.to_thread(passwords.hash_password, new_password)
         now = utcnow()
         async with self.sessions.begin() as session:
+            await store.lock_user(user.id, session=session)
             await store.set_password_hash(user.id, new_hash, session=session, now=now)
             await store.revoke_user_sessions(user.id, session=session, now=now, keep_family=keep_session)
 

@@ -243,6 +243,14 @@ class RefreshUse:
     family_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RefreshOwner:
+    """The user and session family a refresh token belongs to."""
+
+    user_id: str
+    family_id: str
+
+
 def _user(row: Any) -> UserRecord:
     return UserRecord(
         id=row.id,
@@ -342,6 +350,17 @@ async def find_user_by_email(email_key: str, *, session: AsyncSession) -> UserRe
     return None if row is None else _user(row)
 
 
+async def lock_user(user_id: str, *, session: AsyncSession) -> bool:
+    """Lock a user's row until the transaction ends; False if there is no such user.
+
+    Every change to a user's refresh tokens (rotation, revocation) takes this lock first, so a
+    revocation sees every token a concurrent rotation inserted. It is FOR NO KEY UPDATE: rows
+    referencing the user (a new token, a membership) can still be inserted meanwhile.
+    """
+    statement = sa.select(users.c.id).where(users.c.id == user_id).with_for_update(key_share=True)
+    return (await session.execute(statement)).one_or_none() is not None
+
+
 async def set_email_verified(user_id: str, *, session: AsyncSession, now: datetime) -> UserRecord | None:
     """Mark the user's address as proven."""
     statement = (
@@ -436,7 +455,10 @@ async def insert_refresh_token(
 
 
 async def use_refresh_token(token_hash: str, *, session: AsyncSession, now: datetime) -> RefreshUse:
-    """Spend a refresh token. Spending one twice revokes its whole family (status REUSED); commit that too."""
+    """Spend a refresh token. Spending one twice revokes its whole family (status REUSED); commit that too.
+
+    Lock the token's user (`lock_user`) first.
+    """
     statement = sa.select(refresh_tokens).where(refresh_tokens.c.token_hash == token_hash).with_for_update()
     row = (await session.execute(statement)).one_or_none()
     if row is None:
@@ -454,14 +476,17 @@ async def use_refresh_token(token_hash: str, *, session: AsyncSession, now: date
     return RefreshUse("OK", row.user_id, row.family_id)
 
 
-async def find_refresh_family(token_hash: str, *, session: AsyncSession) -> str | None:
-    """The family of a refresh token, whatever its state."""
-    statement = sa.select(refresh_tokens.c.family_id).where(refresh_tokens.c.token_hash == token_hash)
-    return (await session.execute(statement)).scalar_one_or_none()
+async def find_refresh_token(token_hash: str, *, session: AsyncSession) -> RefreshOwner | None:
+    """Whose a refresh token is (user and family), whatever its state; without locking anything."""
+    statement = sa.select(refresh_tokens.c.user_id, refresh_tokens.c.family_id).where(
+        refresh_tokens.c.token_hash == token_hash
+    )
+    row = (await session.execute(statement)).one_or_none()
+    return None if row is None else RefreshOwner(user_id=row.user_id, family_id=row.family_id)
 
 
 async def revoke_family(family_id: str, *, session: AsyncSession, now: datetime) -> None:
-    """End a session: every token of the family stops working."""
+    """End a session: every token of the family stops working. Lock the family's user (`lock_user`) first."""
     await session.execute(
         sa.update(refresh_tokens)
         .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
@@ -472,7 +497,7 @@ async def revoke_family(family_id: str, *, session: AsyncSession, now: datetime)
 async def revoke_user_sessions(
     user_id: str, *, session: AsyncSession, now: datetime, keep_family: str | None = None
 ) -> None:
-    """End every session of a user (but `keep_family`, if given)."""
+    """End every session of a user (but `keep_family`, if given). Lock the user (`lock_user`) first."""
     condition = sa.and_(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
     if keep_family is not None:
         condition = sa.and_(condition, refresh_tokens.c.family_id != keep_family)
