@@ -413,6 +413,26 @@ async def test_change_password_keeps_the_current_session_only(identity: Identity
         await identity.refresh(other.refresh_token)
 
 
+async def test_change_password_guesses_are_throttled(identity: Identity) -> None:
+    """A stolen access token cannot be used to guess the current password without limit."""
+    user = await identity.sign_up(new_email(), PASSWORD, "")
+    outcomes = []
+    for attempt in range(12):
+        try:
+            await identity.change_password(
+                user.id, f"wrong-guess-{attempt:04d}", "copper-lantern-meadow-42", keep_session=None
+            )
+            outcomes.append("CHANGED")
+        except (PermissionDenied, ResourceExhausted) as exc:
+            outcomes.append(exc.reason)
+    assert outcomes[0] == "INVALID_CREDENTIALS"
+    assert "LOGIN_THROTTLED" in outcomes
+    assert "CHANGED" not in outcomes
+    # The account's own login is throttled too: the guesses counted against it.
+    with pytest.raises(ResourceExhausted):
+        await identity.login(user.email, PASSWORD, None)
+
+
 async def live_refresh_tokens(sessions: async_sessionmaker[AsyncSession], user_id: str) -> int:
     async with sessions.begin() as session:
         count = await session.scalar(

@@ -358,8 +358,12 @@ class Identity:
             user = await store.get_user(user_id, session=session)
         if user is None:
             raise NotFound("the user does not exist")
+        # Guessing the current password with a stolen access token meets the login throttle.
+        admission = await self.throttle.attempt([subject_key("account", email_key(user.email))], time.time())
         if not await asyncio.to_thread(passwords.verify_password, user.password_hash, current_password):
+            await self.throttle.failed(admission, time.time())
             raise PermissionDenied("the current password is wrong", reason="INVALID_CREDENTIALS")
+        await self.throttle.succeeded(admission)
         passwords.check_password(new_password, user.email, field="newPassword")
         new_hash = await asyncio.to_thread(passwords.hash_password, new_password)
         now = utcnow()
