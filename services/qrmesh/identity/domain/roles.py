@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+from qrmesh.platform.auth import Role
 from qrmesh.platform.errors import FailedPrecondition, PermissionDenied
 
 
@@ -17,11 +18,8 @@ class MemberRole(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        """4 for owners down to 1 for viewers."""
-        return _RANKS[self]
-
-
-_RANKS = {MemberRole.OWNER: 4, MemberRole.ADMIN: 3, MemberRole.EDITOR: 2, MemberRole.VIEWER: 1}
+        """The guard's order of roles (`qrmesh.platform.auth.Role`): 4 for owners down to 1 for viewers."""
+        return Role[self.value].rank
 
 
 def _last_owner() -> FailedPrecondition:
