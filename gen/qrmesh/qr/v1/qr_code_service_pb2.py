@@ -24,13 +24,16 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from qrmesh.auth.v1 import policy_pb2 as qrmesh_dot_auth_dot_v1_dot_policy__pb2
 from qrmesh.qr.v1 import design_pb2 as qrmesh_dot_qr_dot_v1_dot_design__pb2
 from qrmesh.qr.v1 import qr_code_pb2 as qrmesh_dot_qr_dot_v1_dot_qr__code__pb2
+from qrmesh.qr.v1 import stored_qr_code_pb2 as qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2
 from qrmesh.rules.v1 import rules_pb2 as qrmesh_dot_rules_dot_v1_dot_rules__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qrmesh/qr/v1/qr_code_service.proto\x12\x0cqrmesh.qr.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1bqrmesh/auth/v1/policy.proto\x1a\x19qrmesh/qr/v1/design.proto\x1a\x1aqrmesh/qr/v1/qr_code.proto\x1a\x1bqrmesh/rules/v1/rules.proto\"\xf3\x04\n\x13RenderQrCodeRequest\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x15.qrmesh.qr.v1.ContentB\x06\x8a\xb2\x19\x02\x08\x01\x12\x42\n\x06\x66ormat\x18\x02 \x01(\x0e\x32(.qrmesh.qr.v1.RenderQrCodeRequest.FormatB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x04size\x18\x03 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\x80 \x12W\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32\x31.qrmesh.qr.v1.RenderQrCodeRequest.ErrorCorrectionB\n\x18\x01\x8a\xb2\x19\x04*\x02\x08\x01\x12%\n\nquiet_zone\x18\x05 \x01(\x05\x42\x0c\x18\x01\x8a\xb2\x19\x06\x1a\x04\x08\x00\x10\x10H\x00\x88\x01\x01\x12$\n\x06\x64\x65sign\x18\x06 \x01(\x0b\x32\x14.qrmesh.qr.v1.Design\x12\x18\n\x03\x64pi\x18\x07 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\xe0\x12\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x12\x32\n\x10physical_size_mm\x18\t \x01(\x01\x42\x18\x8a\xb2\x19\x14\"\x12\t\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00\x00\x00@\x9f@\"X\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x07\n\x03SVG\x10\x02\x12\x07\n\x03PDF\x10\x03\x12\x07\n\x03\x45PS\x10\x04\x12\x08\n\x04JPEG\x10\x05\x12\x08\n\x04WEBP\x10\x06\"`\n\x0f\x45rrorCorrection\x12 \n\x1c\x45RROR_CORRECTION_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06MEDIUM\x10\x02\x12\x0c\n\x08QUARTILE\x10\x03\x12\x08\n\x04HIGH\x10\x04\x42\r\n\x0b_quiet_zone\"O\n\x12\x43heckQrCodeRequest\x12\x39\n\x06render\x18\x01 \x01(\x0b\x32!.qrmesh.qr.v1.RenderQrCodeRequestB\x06\x8a\xb2\x19\x02\x08\x01\"\xc2\x04\n\x12ScannabilityReport\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12>\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32$.qrmesh.qr.v1.Design.ErrorCorrection\x12\x0f\n\x07modules\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontrast_ratio\x18\x06 \x01(\x01\x12\x15\n\rlogo_coverage\x18\x07 \x01(\x01\x12\x14\n\x0c\x65rror_budget\x18\x08 \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\t \x01(\x08\x12:\n\x08problems\x18\n \x03(\x0b\x32(.qrmesh.qr.v1.ScannabilityReport.Problem\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x1a\xfb\x01\n\x07Problem\x12?\n\x06reason\x18\x01 \x01(\x0e\x32/.qrmesh.qr.v1.ScannabilityReport.Problem.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cLOW_CONTRAST\x10\x01\x12\x13\n\x0fINVERTED_COLORS\x10\x02\x12\x14\n\x10LOGO_OVER_BUDGET\x10\x03\x12\x11\n\rDECODE_FAILED\x10\x04\x12\x14\n\x10SMALL_QUIET_ZONE\x10\x05\x12\x15\n\x11MODULES_TOO_SMALL\x10\x06\x32\xf9\x01\n\rQrCodeService\x12l\n\x0cRenderQrCode\x12!.qrmesh.qr.v1.RenderQrCodeRequest\x1a\x14.google.api.HttpBody\"#\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v1/qrCodes:render:\x01*\x12z\n\x0b\x43heckQrCode\x12 .qrmesh.qr.v1.CheckQrCodeRequest\x1a .qrmesh.qr.v1.ScannabilityReport\"\'\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\"\x11/v1/qrCodes:check:\x06renderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"qrmesh/qr/v1/qr_code_service.proto\x12\x0cqrmesh.qr.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1bqrmesh/auth/v1/policy.proto\x1a\x19qrmesh/qr/v1/design.proto\x1a\x1aqrmesh/qr/v1/qr_code.proto\x1a!qrmesh/qr/v1/stored_qr_code.proto\x1a\x1bqrmesh/rules/v1/rules.proto\"\xf3\x04\n\x13RenderQrCodeRequest\x12.\n\x07\x63ontent\x18\x01 \x01(\x0b\x32\x15.qrmesh.qr.v1.ContentB\x06\x8a\xb2\x19\x02\x08\x01\x12\x42\n\x06\x66ormat\x18\x02 \x01(\x0e\x32(.qrmesh.qr.v1.RenderQrCodeRequest.FormatB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x04size\x18\x03 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\x80 \x12W\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32\x31.qrmesh.qr.v1.RenderQrCodeRequest.ErrorCorrectionB\n\x18\x01\x8a\xb2\x19\x04*\x02\x08\x01\x12%\n\nquiet_zone\x18\x05 \x01(\x05\x42\x0c\x18\x01\x8a\xb2\x19\x06\x1a\x04\x08\x00\x10\x10H\x00\x88\x01\x01\x12$\n\x06\x64\x65sign\x18\x06 \x01(\x0b\x32\x14.qrmesh.qr.v1.Design\x12\x18\n\x03\x64pi\x18\x07 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\xe0\x12\x12\x0e\n\x06strict\x18\x08 \x01(\x08\x12\x32\n\x10physical_size_mm\x18\t \x01(\x01\x42\x18\x8a\xb2\x19\x14\"\x12\t\x00\x00\x00\x00\x00\x00\x00\x00\x11\x00\x00\x00\x00\x00@\x9f@\"X\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x07\n\x03SVG\x10\x02\x12\x07\n\x03PDF\x10\x03\x12\x07\n\x03\x45PS\x10\x04\x12\x08\n\x04JPEG\x10\x05\x12\x08\n\x04WEBP\x10\x06\"`\n\x0f\x45rrorCorrection\x12 \n\x1c\x45RROR_CORRECTION_UNSPECIFIED\x10\x00\x12\x07\n\x03LOW\x10\x01\x12\n\n\x06MEDIUM\x10\x02\x12\x0c\n\x08QUARTILE\x10\x03\x12\x08\n\x04HIGH\x10\x04\x42\r\n\x0b_quiet_zone\"O\n\x12\x43heckQrCodeRequest\x12\x39\n\x06render\x18\x01 \x01(\x0b\x32!.qrmesh.qr.v1.RenderQrCodeRequestB\x06\x8a\xb2\x19\x02\x08\x01\"\xc2\x04\n\x12ScannabilityReport\x12\x0f\n\x07payload\x18\x01 \x01(\t\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12>\n\x10\x65rror_correction\x18\x04 \x01(\x0e\x32$.qrmesh.qr.v1.Design.ErrorCorrection\x12\x0f\n\x07modules\x18\x05 \x01(\x05\x12\x16\n\x0e\x63ontrast_ratio\x18\x06 \x01(\x01\x12\x15\n\rlogo_coverage\x18\x07 \x01(\x01\x12\x14\n\x0c\x65rror_budget\x18\x08 \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\t \x01(\x08\x12:\n\x08problems\x18\n \x03(\x0b\x32(.qrmesh.qr.v1.ScannabilityReport.Problem\x12\x12\n\nimage_size\x18\x0b \x01(\x05\x1a\xfb\x01\n\x07Problem\x12?\n\x06reason\x18\x01 \x01(\x0e\x32/.qrmesh.qr.v1.ScannabilityReport.Problem.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x9d\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x10\n\x0cLOW_CONTRAST\x10\x01\x12\x13\n\x0fINVERTED_COLORS\x10\x02\x12\x14\n\x10LOGO_OVER_BUDGET\x10\x03\x12\x11\n\rDECODE_FAILED\x10\x04\x12\x14\n\x10SMALL_QUIET_ZONE\x10\x05\x12\x15\n\x11MODULES_TOO_SMALL\x10\x06\"~\n\x13\x43reateQrCodeRequest\x12\x1a\n\x06parent\x18\x01 \x01(\tB\n\x8a\xb2\x19\x06\x08\x01\x12\x02\x10\x64\x12-\n\x07qr_code\x18\x02 \x01(\x0b\x32\x14.qrmesh.qr.v1.QrCodeB\x06\x8a\xb2\x19\x02\x08\x01\x12\x1c\n\nrequest_id\x18\x03 \x01(\tB\x08\x8a\xb2\x19\x04\x12\x02\x10\x64\"-\n\x10GetQrCodeRequest\x12\x19\n\x04name\x18\x01 \x01(\tB\x0b\x8a\xb2\x19\x07\x08\x01\x12\x03\x10\xc8\x01\"\xca\x03\n\x12ListQrCodesRequest\x12\x1a\n\x06parent\x18\x01 \x01(\tB\n\x8a\xb2\x19\x06\x08\x01\x12\x02\x10\x64\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\x8a\xb2\x19\x06\x1a\x04\x08\x00\x10\x64\x12\x1d\n\npage_token\x18\x03 \x01(\tB\t\x8a\xb2\x19\x05\x12\x03\x10\xf4\x03\x12\x19\n\x06\x66older\x18\x04 \x01(\tB\t\x8a\xb2\x19\x05\x12\x03\x10\xc8\x01\x12\x15\n\x03tag\x18\x05 \x01(\tB\x08\x8a\xb2\x19\x04\x12\x02\x10\x32\x12\x31\n\x04kind\x18\x06 \x01(\x0e\x32\x19.qrmesh.qr.v1.QrCode.KindB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x35\n\x06status\x18\x07 \x01(\x0e\x32\x1b.qrmesh.qr.v1.QrCode.StatusB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x06search\x18\x08 \x01(\tB\t\x8a\xb2\x19\x05\x12\x03\x10\xc8\x01\x12\xa2\x01\n\x08order_by\x18\t \x01(\tB\x8f\x01\x8a\xb2\x19\x8a\x01\x12\x87\x01\x10(\x1a\x33(create_time|scan_count|display_name)( (asc|desc))?\"Nbe create_time, scan_count or display_name, optionally followed by asc or desc\"j\n\x13ListQrCodesResponse\x12&\n\x08qr_codes\x18\x01 \x03(\x0b\x32\x14.qrmesh.qr.v1.QrCode\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"u\n\x13UpdateQrCodeRequest\x12-\n\x07qr_code\x18\x01 \x01(\x0b\x32\x14.qrmesh.qr.v1.QrCodeB\x06\x8a\xb2\x19\x02\x08\x01\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x13\x44\x65leteQrCodeRequest\x12\x19\n\x04name\x18\x01 \x01(\tB\x0b\x8a\xb2\x19\x07\x08\x01\x12\x03\x10\xc8\x01\x12\x16\n\x04\x65tag\x18\x02 \x01(\tB\x08\x8a\xb2\x19\x04\x12\x02\x10\x64\"\xaf\x01\n\x19RenderStoredQrCodeRequest\x12\x19\n\x04name\x18\x01 \x01(\tB\x0b\x8a\xb2\x19\x07\x08\x01\x12\x03\x10\xc8\x01\x12\x42\n\x06\x66ormat\x18\x02 \x01(\x0e\x32(.qrmesh.qr.v1.RenderQrCodeRequest.FormatB\x08\x8a\xb2\x19\x04*\x02\x08\x01\x12\x19\n\x04size\x18\x03 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\x80 \x12\x18\n\x03\x64pi\x18\x04 \x01(\x05\x42\x0b\x8a\xb2\x19\x07\x1a\x05\x08\x00\x10\xe0\x12\"3\n\x16GetScanSettingsRequest\x12\x19\n\x04name\x18\x01 \x01(\tB\x0b\x8a\xb2\x19\x07\x08\x01\x12\x03\x10\xc8\x01\"\x87\x01\n\x19UpdateScanSettingsRequest\x12\x39\n\rscan_settings\x18\x01 \x01(\x0b\x32\x1a.qrmesh.qr.v1.ScanSettingsB\x06\x8a\xb2\x19\x02\x08\x01\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"4\n\x12ResolveLinkRequest\x12\x1e\n\nshort_code\x18\x01 \x01(\tB\n\x8a\xb2\x19\x06\x08\x01\x12\x02\x10@\"2\n\x10\x43laimScanRequest\x12\x1e\n\nshort_code\x18\x01 \x01(\tB\n\x8a\xb2\x19\x06\x08\x01\x12\x02\x10@\"H\n\x11\x43laimScanResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07\x63laimed\x18\x02 \x01(\x03\x12\x11\n\tmax_scans\x18\x03 \x01(\x03\x32\xfa\x0b\n\rQrCodeService\x12l\n\x0cRenderQrCode\x12!.qrmesh.qr.v1.RenderQrCodeRequest\x1a\x14.google.api.HttpBody\"#\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x17\"\x12/v1/qrCodes:render:\x01*\x12z\n\x0b\x43heckQrCode\x12 .qrmesh.qr.v1.CheckQrCodeRequest\x1a .qrmesh.qr.v1.ScannabilityReport\"\'\xaa\xb8\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1b\"\x11/v1/qrCodes:check:\x06render\x12\x98\x01\n\x0c\x43reateQrCode\x12!.qrmesh.qr.v1.CreateQrCodeRequest\x1a\x14.qrmesh.qr.v1.QrCode\"O\xaa\xb8\x19\x16\x1a\x14\n\x06parent\x10\x03\x1a\x08qr:write\x82\xd3\xe4\x93\x02/\"$/v1/{parent=organizations/*}/qrCodes:\x07qr_code\x12\x86\x01\n\tGetQrCode\x12\x1e.qrmesh.qr.v1.GetQrCodeRequest\x1a\x14.qrmesh.qr.v1.QrCode\"C\xaa\xb8\x19\x13\x1a\x11\n\x04name\x10\x04\x1a\x07qr:read\x82\xd3\xe4\x93\x02&\x12$/v1/{name=organizations/*/qrCodes/*}\x12\x99\x01\n\x0bListQrCodes\x12 .qrmesh.qr.v1.ListQrCodesRequest\x1a!.qrmesh.qr.v1.ListQrCodesResponse\"E\xaa\xb8\x19\x15\x1a\x13\n\x06parent\x10\x04\x1a\x07qr:read\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=organizations/*}/qrCodes\x12\xa6\x01\n\x0cUpdateQrCode\x12!.qrmesh.qr.v1.UpdateQrCodeRequest\x1a\x14.qrmesh.qr.v1.QrCode\"]\xaa\xb8\x19\x1c\x1a\x1a\n\x0cqr_code.name\x10\x03\x1a\x08qr:write\x82\xd3\xe4\x93\x02\x37\x32,/v1/{qr_code.name=organizations/*/qrCodes/*}:\x07qr_code\x12\x8f\x01\n\x0c\x44\x65leteQrCode\x12!.qrmesh.qr.v1.DeleteQrCodeRequest\x1a\x16.google.protobuf.Empty\"D\xaa\xb8\x19\x14\x1a\x12\n\x04name\x10\x03\x1a\x08qr:write\x82\xd3\xe4\x93\x02&*$/v1/{name=organizations/*/qrCodes/*}\x12\x9f\x01\n\x12RenderStoredQrCode\x12\'.qrmesh.qr.v1.RenderStoredQrCodeRequest\x1a\x14.google.api.HttpBody\"J\xaa\xb8\x19\x13\x1a\x11\n\x04name\x10\x04\x1a\x07qr:read\x82\xd3\xe4\x93\x02-\x12+/v1/{name=organizations/*/qrCodes/*}:render\x12\x9b\x01\n\x0fGetScanSettings\x12$.qrmesh.qr.v1.GetScanSettingsRequest\x1a\x1a.qrmesh.qr.v1.ScanSettings\"F\xaa\xb8\x19\x13\x1a\x11\n\x04name\x10\x04\x1a\x07qr:read\x82\xd3\xe4\x93\x02)\x12\'/v1/{name=organizations/*/scanSettings}\x12\xc3\x01\n\x12UpdateScanSettings\x12\'.qrmesh.qr.v1.UpdateScanSettingsRequest\x1a\x1a.qrmesh.qr.v1.ScanSettings\"h\xaa\xb8\x19\x18\x1a\x16\n\x12scan_settings.name\x10\x02\x82\xd3\xe4\x93\x02\x46\x32\x35/v1/{scan_settings.name=organizations/*/scanSettings}:\rscan_settings2\xb0\x01\n\x0bLinkService\x12K\n\x0bResolveLink\x12 .qrmesh.qr.v1.ResolveLinkRequest\x1a\x12.qrmesh.qr.v1.Link\"\x06\xaa\xb8\x19\x02 \x01\x12T\n\tClaimScan\x12\x1e.qrmesh.qr.v1.ClaimScanRequest\x1a\x1f.qrmesh.qr.v1.ClaimScanResponse\"\x06\xaa\xb8\x19\x02 \x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,24 +56,118 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENDERQRCODEREQUEST'].fields_by_name['physical_size_mm']._serialized_options = b'\212\262\031\024\"\022\t\000\000\000\000\000\000\000\000\021\000\000\000\000\000@\237@'
   _globals['_CHECKQRCODEREQUEST'].fields_by_name['render']._loaded_options = None
   _globals['_CHECKQRCODEREQUEST'].fields_by_name['render']._serialized_options = b'\212\262\031\002\010\001'
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['parent']._serialized_options = b'\212\262\031\006\010\001\022\002\020d'
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['qr_code']._loaded_options = None
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['qr_code']._serialized_options = b'\212\262\031\002\010\001'
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_CREATEQRCODEREQUEST'].fields_by_name['request_id']._serialized_options = b'\212\262\031\004\022\002\020d'
+  _globals['_GETQRCODEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETQRCODEREQUEST'].fields_by_name['name']._serialized_options = b'\212\262\031\007\010\001\022\003\020\310\001'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['parent']._serialized_options = b'\212\262\031\006\010\001\022\002\020d'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['page_size']._serialized_options = b'\212\262\031\006\032\004\010\000\020d'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['page_token']._serialized_options = b'\212\262\031\005\022\003\020\364\003'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['folder']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['folder']._serialized_options = b'\212\262\031\005\022\003\020\310\001'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['tag']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['tag']._serialized_options = b'\212\262\031\004\022\002\0202'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['kind']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['kind']._serialized_options = b'\212\262\031\004*\002\010\001'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['status']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['status']._serialized_options = b'\212\262\031\004*\002\010\001'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['search']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['search']._serialized_options = b'\212\262\031\005\022\003\020\310\001'
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['order_by']._loaded_options = None
+  _globals['_LISTQRCODESREQUEST'].fields_by_name['order_by']._serialized_options = b'\212\262\031\212\001\022\207\001\020(\0323(create_time|scan_count|display_name)( (asc|desc))?\"Nbe create_time, scan_count or display_name, optionally followed by asc or desc'
+  _globals['_UPDATEQRCODEREQUEST'].fields_by_name['qr_code']._loaded_options = None
+  _globals['_UPDATEQRCODEREQUEST'].fields_by_name['qr_code']._serialized_options = b'\212\262\031\002\010\001'
+  _globals['_DELETEQRCODEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEQRCODEREQUEST'].fields_by_name['name']._serialized_options = b'\212\262\031\007\010\001\022\003\020\310\001'
+  _globals['_DELETEQRCODEREQUEST'].fields_by_name['etag']._loaded_options = None
+  _globals['_DELETEQRCODEREQUEST'].fields_by_name['etag']._serialized_options = b'\212\262\031\004\022\002\020d'
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['name']._serialized_options = b'\212\262\031\007\010\001\022\003\020\310\001'
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['format']._loaded_options = None
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['format']._serialized_options = b'\212\262\031\004*\002\010\001'
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['size']._loaded_options = None
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['size']._serialized_options = b'\212\262\031\007\032\005\010\000\020\200 '
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['dpi']._loaded_options = None
+  _globals['_RENDERSTOREDQRCODEREQUEST'].fields_by_name['dpi']._serialized_options = b'\212\262\031\007\032\005\010\000\020\340\022'
+  _globals['_GETSCANSETTINGSREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETSCANSETTINGSREQUEST'].fields_by_name['name']._serialized_options = b'\212\262\031\007\010\001\022\003\020\310\001'
+  _globals['_UPDATESCANSETTINGSREQUEST'].fields_by_name['scan_settings']._loaded_options = None
+  _globals['_UPDATESCANSETTINGSREQUEST'].fields_by_name['scan_settings']._serialized_options = b'\212\262\031\002\010\001'
+  _globals['_RESOLVELINKREQUEST'].fields_by_name['short_code']._loaded_options = None
+  _globals['_RESOLVELINKREQUEST'].fields_by_name['short_code']._serialized_options = b'\212\262\031\006\010\001\022\002\020@'
+  _globals['_CLAIMSCANREQUEST'].fields_by_name['short_code']._loaded_options = None
+  _globals['_CLAIMSCANREQUEST'].fields_by_name['short_code']._serialized_options = b'\212\262\031\006\010\001\022\002\020@'
   _globals['_QRCODESERVICE'].methods_by_name['RenderQrCode']._loaded_options = None
   _globals['_QRCODESERVICE'].methods_by_name['RenderQrCode']._serialized_options = b'\252\270\031\002\010\001\202\323\344\223\002\027\"\022/v1/qrCodes:render:\001*'
   _globals['_QRCODESERVICE'].methods_by_name['CheckQrCode']._loaded_options = None
   _globals['_QRCODESERVICE'].methods_by_name['CheckQrCode']._serialized_options = b'\252\270\031\002\010\001\202\323\344\223\002\033\"\021/v1/qrCodes:check:\006render'
-  _globals['_RENDERQRCODEREQUEST']._serialized_start=223
-  _globals['_RENDERQRCODEREQUEST']._serialized_end=850
-  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_start=649
-  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_end=737
-  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_start=739
-  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_end=835
-  _globals['_CHECKQRCODEREQUEST']._serialized_start=852
-  _globals['_CHECKQRCODEREQUEST']._serialized_end=931
-  _globals['_SCANNABILITYREPORT']._serialized_start=934
-  _globals['_SCANNABILITYREPORT']._serialized_end=1512
-  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_start=1261
-  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_end=1512
-  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_start=1355
-  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_end=1512
-  _globals['_QRCODESERVICE']._serialized_start=1515
-  _globals['_QRCODESERVICE']._serialized_end=1764
+  _globals['_QRCODESERVICE'].methods_by_name['CreateQrCode']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['CreateQrCode']._serialized_options = b'\252\270\031\026\032\024\n\006parent\020\003\032\010qr:write\202\323\344\223\002/\"$/v1/{parent=organizations/*}/qrCodes:\007qr_code'
+  _globals['_QRCODESERVICE'].methods_by_name['GetQrCode']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['GetQrCode']._serialized_options = b'\252\270\031\023\032\021\n\004name\020\004\032\007qr:read\202\323\344\223\002&\022$/v1/{name=organizations/*/qrCodes/*}'
+  _globals['_QRCODESERVICE'].methods_by_name['ListQrCodes']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['ListQrCodes']._serialized_options = b'\252\270\031\025\032\023\n\006parent\020\004\032\007qr:read\202\323\344\223\002&\022$/v1/{parent=organizations/*}/qrCodes'
+  _globals['_QRCODESERVICE'].methods_by_name['UpdateQrCode']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['UpdateQrCode']._serialized_options = b'\252\270\031\034\032\032\n\014qr_code.name\020\003\032\010qr:write\202\323\344\223\00272,/v1/{qr_code.name=organizations/*/qrCodes/*}:\007qr_code'
+  _globals['_QRCODESERVICE'].methods_by_name['DeleteQrCode']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['DeleteQrCode']._serialized_options = b'\252\270\031\024\032\022\n\004name\020\003\032\010qr:write\202\323\344\223\002&*$/v1/{name=organizations/*/qrCodes/*}'
+  _globals['_QRCODESERVICE'].methods_by_name['RenderStoredQrCode']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['RenderStoredQrCode']._serialized_options = b'\252\270\031\023\032\021\n\004name\020\004\032\007qr:read\202\323\344\223\002-\022+/v1/{name=organizations/*/qrCodes/*}:render'
+  _globals['_QRCODESERVICE'].methods_by_name['GetScanSettings']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['GetScanSettings']._serialized_options = b'\252\270\031\023\032\021\n\004name\020\004\032\007qr:read\202\323\344\223\002)\022\'/v1/{name=organizations/*/scanSettings}'
+  _globals['_QRCODESERVICE'].methods_by_name['UpdateScanSettings']._loaded_options = None
+  _globals['_QRCODESERVICE'].methods_by_name['UpdateScanSettings']._serialized_options = b'\252\270\031\030\032\026\n\022scan_settings.name\020\002\202\323\344\223\002F25/v1/{scan_settings.name=organizations/*/scanSettings}:\rscan_settings'
+  _globals['_LINKSERVICE'].methods_by_name['ResolveLink']._loaded_options = None
+  _globals['_LINKSERVICE'].methods_by_name['ResolveLink']._serialized_options = b'\252\270\031\002 \001'
+  _globals['_LINKSERVICE'].methods_by_name['ClaimScan']._loaded_options = None
+  _globals['_LINKSERVICE'].methods_by_name['ClaimScan']._serialized_options = b'\252\270\031\002 \001'
+  _globals['_RENDERQRCODEREQUEST']._serialized_start=321
+  _globals['_RENDERQRCODEREQUEST']._serialized_end=948
+  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_start=747
+  _globals['_RENDERQRCODEREQUEST_FORMAT']._serialized_end=835
+  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_start=837
+  _globals['_RENDERQRCODEREQUEST_ERRORCORRECTION']._serialized_end=933
+  _globals['_CHECKQRCODEREQUEST']._serialized_start=950
+  _globals['_CHECKQRCODEREQUEST']._serialized_end=1029
+  _globals['_SCANNABILITYREPORT']._serialized_start=1032
+  _globals['_SCANNABILITYREPORT']._serialized_end=1610
+  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_start=1359
+  _globals['_SCANNABILITYREPORT_PROBLEM']._serialized_end=1610
+  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_start=1453
+  _globals['_SCANNABILITYREPORT_PROBLEM_REASON']._serialized_end=1610
+  _globals['_CREATEQRCODEREQUEST']._serialized_start=1612
+  _globals['_CREATEQRCODEREQUEST']._serialized_end=1738
+  _globals['_GETQRCODEREQUEST']._serialized_start=1740
+  _globals['_GETQRCODEREQUEST']._serialized_end=1785
+  _globals['_LISTQRCODESREQUEST']._serialized_start=1788
+  _globals['_LISTQRCODESREQUEST']._serialized_end=2246
+  _globals['_LISTQRCODESRESPONSE']._serialized_start=2248
+  _globals['_LISTQRCODESRESPONSE']._serialized_end=2354
+  _globals['_UPDATEQRCODEREQUEST']._serialized_start=2356
+  _globals['_UPDATEQRCODEREQUEST']._serialized_end=2473
+  _globals['_DELETEQRCODEREQUEST']._serialized_start=2475
+  _globals['_DELETEQRCODEREQUEST']._serialized_end=2547
+  _globals['_RENDERSTOREDQRCODEREQUEST']._serialized_start=2550
+  _globals['_RENDERSTOREDQRCODEREQUEST']._serialized_end=2725
+  _globals['_GETSCANSETTINGSREQUEST']._serialized_start=2727
+  _globals['_GETSCANSETTINGSREQUEST']._serialized_end=2778
+  _globals['_UPDATESCANSETTINGSREQUEST']._serialized_start=2781
+  _globals['_UPDATESCANSETTINGSREQUEST']._serialized_end=2916
+  _globals['_RESOLVELINKREQUEST']._serialized_start=2918
+  _globals['_RESOLVELINKREQUEST']._serialized_end=2970
+  _globals['_CLAIMSCANREQUEST']._serialized_start=2972
+  _globals['_CLAIMSCANREQUEST']._serialized_end=3022
+  _globals['_CLAIMSCANRESPONSE']._serialized_start=3024
+  _globals['_CLAIMSCANRESPONSE']._serialized_end=3096
+  _globals['_QRCODESERVICE']._serialized_start=3099
+  _globals['_QRCODESERVICE']._serialized_end=4629
+  _globals['_LINKSERVICE']._serialized_start=4632
+  _globals['_LINKSERVICE']._serialized_end=4808
 # @@protoc_insertion_point(module_scope)

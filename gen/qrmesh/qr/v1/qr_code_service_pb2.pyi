@@ -5,11 +5,13 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from qrmesh.qr.v1 import design_pb2 as _design_pb2
 from qrmesh.qr.v1 import qr_code_pb2 as _qr_code_pb2
+from qrmesh.qr.v1 import stored_qr_code_pb2 as _stored_qr_code_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -334,3 +336,361 @@ class ScannabilityReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScannabilityReport: _TypeAlias = ScannabilityReport  # noqa: Y015
+
+@_typing.final
+class CreateQrCodeRequest(_message.Message):
+    """CreateQrCodeRequest creates a stored QR code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    QR_CODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`organizations/{organization}`."""
+    request_id: _builtins.str
+    """Makes retries safe: the same id within a day answers the first result."""
+    @_builtins.property
+    def qr_code(self) -> _stored_qr_code_pb2.QrCode:
+        """The code; `name`, times, `short_url`, `scan_count` and `etag` are ignored."""
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        qr_code: _stored_qr_code_pb2.QrCode | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qr_code", b"qr_code"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "qr_code", b"qr_code", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateQrCodeRequest: _TypeAlias = CreateQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class GetQrCodeRequest(_message.Message):
+    """GetQrCodeRequest names a stored QR code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`organizations/{organization}/qrCodes/{qr_code}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQrCodeRequest: _TypeAlias = GetQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class ListQrCodesRequest(_message.Message):
+    """ListQrCodesRequest lists stored QR codes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SEARCH_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`organizations/{organization}`."""
+    page_size: _builtins.int
+    """At most this many, 1 to 100; 50 when not set."""
+    page_token: _builtins.str
+    """From a previous answer's `next_page_token` (with the same filters)."""
+    folder: _builtins.str
+    """Only codes in this folder (and its subfolders)."""
+    tag: _builtins.str
+    """Only codes with this tag."""
+    kind: _stored_qr_code_pb2.QrCode.Kind.ValueType
+    """Only codes of this kind."""
+    status: _stored_qr_code_pb2.QrCode.Status.ValueType
+    """Only codes with this status; ARCHIVED codes are left out unless asked for."""
+    search: _builtins.str
+    """Only codes whose display name or short code contains this text (any case)."""
+    order_by: _builtins.str
+    """"create_time desc" (the default), "create_time", "scan_count desc",
+    "scan_count" or "display_name".
+    """
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        folder: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        kind: _stored_qr_code_pb2.QrCode.Kind.ValueType = ...,
+        status: _stored_qr_code_pb2.QrCode.Status.ValueType = ...,
+        search: _builtins.str = ...,
+        order_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folder", b"folder", "kind", b"kind", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "search", b"search", "status", b"status", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQrCodesRequest: _TypeAlias = ListQrCodesRequest  # noqa: Y015
+
+@_typing.final
+class ListQrCodesResponse(_message.Message):
+    """ListQrCodesResponse is one page of stored QR codes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QR_CODES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The next page's token; empty on the last page."""
+    total_size: _builtins.int
+    """How many codes match the filters in all."""
+    @_builtins.property
+    def qr_codes(self) -> _containers.RepeatedCompositeFieldContainer[_stored_qr_code_pb2.QrCode]:
+        """The codes, in the requested order."""
+
+    def __init__(
+        self,
+        *,
+        qr_codes: _abc.Iterable[_stored_qr_code_pb2.QrCode] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "qr_codes", b"qr_codes", "total_size", b"total_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQrCodesResponse: _TypeAlias = ListQrCodesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateQrCodeRequest(_message.Message):
+    """UpdateQrCodeRequest changes a stored QR code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QR_CODE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def qr_code(self) -> _stored_qr_code_pb2.QrCode:
+        """The code with its `name` and the new values."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields to change; all changeable fields when not set."""
+
+    def __init__(
+        self,
+        *,
+        qr_code: _stored_qr_code_pb2.QrCode | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["qr_code", b"qr_code", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["qr_code", b"qr_code", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateQrCodeRequest: _TypeAlias = UpdateQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class DeleteQrCodeRequest(_message.Message):
+    """DeleteQrCodeRequest deletes a stored QR code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`organizations/{organization}/qrCodes/{qr_code}`."""
+    etag: _builtins.str
+    """When set, the delete is refused (ABORTED) if the code changed since."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteQrCodeRequest: _TypeAlias = DeleteQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class RenderStoredQrCodeRequest(_message.Message):
+    """RenderStoredQrCodeRequest renders a stored QR code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    DPI_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`organizations/{organization}/qrCodes/{qr_code}`."""
+    format: Global___RenderQrCodeRequest.Format.ValueType
+    """The image format; PNG when not set."""
+    size: _builtins.int
+    """The target width and height in pixels, 64 to 4096; 512 when not set."""
+    dpi: _builtins.int
+    """Print resolution in dots per inch, 72 to 2400; 300 when not set."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        format: Global___RenderQrCodeRequest.Format.ValueType = ...,
+        size: _builtins.int = ...,
+        dpi: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dpi", b"dpi", "format", b"format", "name", b"name", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderStoredQrCodeRequest: _TypeAlias = RenderStoredQrCodeRequest  # noqa: Y015
+
+@_typing.final
+class GetScanSettingsRequest(_message.Message):
+    """GetScanSettingsRequest names an organization's scan settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`organizations/{organization}/scanSettings`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetScanSettingsRequest: _TypeAlias = GetScanSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateScanSettingsRequest(_message.Message):
+    """UpdateScanSettingsRequest changes an organization's scan settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCAN_SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scan_settings(self) -> _stored_qr_code_pb2.ScanSettings:
+        """The settings with their `name` and the new values."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields to change: `store_full_ip_addresses`."""
+
+    def __init__(
+        self,
+        *,
+        scan_settings: _stored_qr_code_pb2.ScanSettings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scan_settings", b"scan_settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scan_settings", b"scan_settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateScanSettingsRequest: _TypeAlias = UpdateScanSettingsRequest  # noqa: Y015
+
+@_typing.final
+class ResolveLinkRequest(_message.Message):
+    """ResolveLinkRequest names a short code."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHORT_CODE_FIELD_NUMBER: _builtins.int
+    short_code: _builtins.str
+    """The short code."""
+    def __init__(
+        self,
+        *,
+        short_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["short_code", b"short_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveLinkRequest: _TypeAlias = ResolveLinkRequest  # noqa: Y015
+
+@_typing.final
+class ClaimScanRequest(_message.Message):
+    """ClaimScanRequest counts one scan against a code's limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHORT_CODE_FIELD_NUMBER: _builtins.int
+    short_code: _builtins.str
+    """The short code."""
+    def __init__(
+        self,
+        *,
+        short_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["short_code", b"short_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimScanRequest: _TypeAlias = ClaimScanRequest  # noqa: Y015
+
+@_typing.final
+class ClaimScanResponse(_message.Message):
+    """ClaimScanResponse says whether the scan may be redirected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    MAX_SCANS_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    """True when the scan was within `max_scans` (or the code has no limit)."""
+    claimed: _builtins.int
+    """Scans counted against the limit so far, this one included when allowed."""
+    max_scans: _builtins.int
+    """The limit; 0 when there is none."""
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        claimed: _builtins.int = ...,
+        max_scans: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "claimed", b"claimed", "max_scans", b"max_scans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimScanResponse: _TypeAlias = ClaimScanResponse  # noqa: Y015

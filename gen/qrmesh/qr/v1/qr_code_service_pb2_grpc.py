@@ -4,7 +4,9 @@ import grpc
 import warnings
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from qrmesh.qr.v1 import qr_code_service_pb2 as qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2
+from qrmesh.qr.v1 import stored_qr_code_pb2 as qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -46,6 +48,46 @@ class QrCodeServiceStub:
                 request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.SerializeToString,
                 response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.FromString,
                 _registered_method=True)
+        self.CreateQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/CreateQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CreateQrCodeRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+                _registered_method=True)
+        self.GetQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/GetQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetQrCodeRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+                _registered_method=True)
+        self.ListQrCodes = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/ListQrCodes',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesResponse.FromString,
+                _registered_method=True)
+        self.UpdateQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/UpdateQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateQrCodeRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+                _registered_method=True)
+        self.DeleteQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/DeleteQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.DeleteQrCodeRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.RenderStoredQrCode = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/RenderStoredQrCode',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderStoredQrCodeRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetScanSettings = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/GetScanSettings',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetScanSettingsRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.FromString,
+                _registered_method=True)
+        self.UpdateScanSettings = channel.unary_unary(
+                '/qrmesh.qr.v1.QrCodeService/UpdateScanSettings',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateScanSettingsRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.FromString,
+                _registered_method=True)
 
 
 class QrCodeServiceServicer:
@@ -70,6 +112,69 @@ class QrCodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateQrCode(self, request, context):
+        """Creates a stored QR code. A DYNAMIC code gets its short code (or the
+        requested alias) and encodes its short URL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQrCode(self, request, context):
+        """Gets a stored QR code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQrCodes(self, request, context):
+        """Lists stored QR codes, filtered and ordered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateQrCode(self, request, context):
+        """Changes a stored QR code (field mask: `display_name`, `content`,
+        `design`, `folder`, `tags`, `status`, `rules` or any `rules.*` field,
+        `redirect_type`). A dynamic code's image never changes: only its
+        destination and rules do, and scans see the change at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQrCode(self, request, context):
+        """Deletes a stored QR code. Its short code is retired, never reused: scans
+        of printed copies see "unknown code".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderStoredQrCode(self, request, context):
+        """Renders a stored QR code as an image (a dynamic code encodes its short
+        URL). Design and format can be overridden per request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetScanSettings(self, request, context):
+        """Gets an organization's scan settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateScanSettings(self, request, context):
+        """Changes an organization's scan settings (field mask:
+        `store_full_ip_addresses`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QrCodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +187,46 @@ def add_QrCodeServiceServicer_to_server(servicer, server):
                     servicer.CheckQrCode,
                     request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.FromString,
                     response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.SerializeToString,
+            ),
+            'CreateQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CreateQrCodeRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.SerializeToString,
+            ),
+            'GetQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetQrCodeRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.SerializeToString,
+            ),
+            'ListQrCodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQrCodes,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesResponse.SerializeToString,
+            ),
+            'UpdateQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateQrCodeRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.SerializeToString,
+            ),
+            'DeleteQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.DeleteQrCodeRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'RenderStoredQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderStoredQrCode,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderStoredQrCodeRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetScanSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScanSettings,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetScanSettingsRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.SerializeToString,
+            ),
+            'UpdateScanSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateScanSettings,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateScanSettingsRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +284,346 @@ class QrCodeService:
             '/qrmesh.qr.v1.QrCodeService/CheckQrCode',
             qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CheckQrCodeRequest.SerializeToString,
             qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ScannabilityReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/CreateQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.CreateQrCodeRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/GetQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetQrCodeRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQrCodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/ListQrCodes',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListQrCodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/UpdateQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateQrCodeRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.QrCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/DeleteQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.DeleteQrCodeRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderStoredQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/RenderStoredQrCode',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.RenderStoredQrCodeRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScanSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/GetScanSettings',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.GetScanSettingsRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateScanSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.QrCodeService/UpdateScanSettings',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.UpdateScanSettingsRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.ScanSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class LinkServiceStub:
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ResolveLink = channel.unary_unary(
+                '/qrmesh.qr.v1.LinkService/ResolveLink',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ResolveLinkRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.Link.FromString,
+                _registered_method=True)
+        self.ClaimScan = channel.unary_unary(
+                '/qrmesh.qr.v1.LinkService/ClaimScan',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.FromString,
+                _registered_method=True)
+
+
+class LinkServiceServicer:
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    def ResolveLink(self, request, context):
+        """The link behind a short code; NOT_FOUND when no code has it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimScan(self, request, context):
+        """Counts one scan against a code's `max_scans`, exactly, even when many
+        scans race: `allowed` is false once the limit is reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LinkServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ResolveLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveLink,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ResolveLinkRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.Link.SerializeToString,
+            ),
+            'ClaimScan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimScan,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'qrmesh.qr.v1.LinkService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('qrmesh.qr.v1.LinkService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LinkService:
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    @staticmethod
+    def ResolveLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.LinkService/ResolveLink',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ResolveLinkRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_stored__qr__code__pb2.Link.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimScan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.LinkService/ClaimScan',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.FromString,
             options,
             channel_credentials,
             insecure,

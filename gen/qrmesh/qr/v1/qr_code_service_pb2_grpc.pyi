@@ -5,8 +5,10 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from qrmesh.qr.v1 import qr_code_service_pb2 as _qr_code_service_pb2
+from qrmesh.qr.v1 import stored_qr_code_pb2 as _stored_qr_code_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -44,6 +46,34 @@ class QrCodeServiceStub:
     RenderQrCode would and reports the payload, symbol, contrast, logo
     coverage and whether the image decodes back to the payload.
     """
+    CreateQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.CreateQrCodeRequest, _stored_qr_code_pb2.QrCode]
+    """Creates a stored QR code. A DYNAMIC code gets its short code (or the
+    requested alias) and encodes its short URL.
+    """
+    GetQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.GetQrCodeRequest, _stored_qr_code_pb2.QrCode]
+    """Gets a stored QR code."""
+    ListQrCodes: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.ListQrCodesRequest, _qr_code_service_pb2.ListQrCodesResponse]
+    """Lists stored QR codes, filtered and ordered."""
+    UpdateQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.UpdateQrCodeRequest, _stored_qr_code_pb2.QrCode]
+    """Changes a stored QR code (field mask: `display_name`, `content`,
+    `design`, `folder`, `tags`, `status`, `rules` or any `rules.*` field,
+    `redirect_type`). A dynamic code's image never changes: only its
+    destination and rules do, and scans see the change at once.
+    """
+    DeleteQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.DeleteQrCodeRequest, _empty_pb2.Empty]
+    """Deletes a stored QR code. Its short code is retired, never reused: scans
+    of printed copies see "unknown code".
+    """
+    RenderStoredQrCode: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.RenderStoredQrCodeRequest, _httpbody_pb2.HttpBody]
+    """Renders a stored QR code as an image (a dynamic code encodes its short
+    URL). Design and format can be overridden per request.
+    """
+    GetScanSettings: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.GetScanSettingsRequest, _stored_qr_code_pb2.ScanSettings]
+    """Gets an organization's scan settings."""
+    UpdateScanSettings: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.UpdateScanSettingsRequest, _stored_qr_code_pb2.ScanSettings]
+    """Changes an organization's scan settings (field mask:
+    `store_full_ip_addresses`).
+    """
 
 @_typing.type_check_only
 class QrCodeServiceAsyncStub(QrCodeServiceStub):
@@ -59,6 +89,34 @@ class QrCodeServiceAsyncStub(QrCodeServiceStub):
     """Checks how well a QR code would scan: it renders the request exactly as
     RenderQrCode would and reports the payload, symbol, contrast, logo
     coverage and whether the image decodes back to the payload.
+    """
+    CreateQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.CreateQrCodeRequest, _stored_qr_code_pb2.QrCode]  # type: ignore[assignment]
+    """Creates a stored QR code. A DYNAMIC code gets its short code (or the
+    requested alias) and encodes its short URL.
+    """
+    GetQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.GetQrCodeRequest, _stored_qr_code_pb2.QrCode]  # type: ignore[assignment]
+    """Gets a stored QR code."""
+    ListQrCodes: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.ListQrCodesRequest, _qr_code_service_pb2.ListQrCodesResponse]  # type: ignore[assignment]
+    """Lists stored QR codes, filtered and ordered."""
+    UpdateQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.UpdateQrCodeRequest, _stored_qr_code_pb2.QrCode]  # type: ignore[assignment]
+    """Changes a stored QR code (field mask: `display_name`, `content`,
+    `design`, `folder`, `tags`, `status`, `rules` or any `rules.*` field,
+    `redirect_type`). A dynamic code's image never changes: only its
+    destination and rules do, and scans see the change at once.
+    """
+    DeleteQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.DeleteQrCodeRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a stored QR code. Its short code is retired, never reused: scans
+    of printed copies see "unknown code".
+    """
+    RenderStoredQrCode: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.RenderStoredQrCodeRequest, _httpbody_pb2.HttpBody]  # type: ignore[assignment]
+    """Renders a stored QR code as an image (a dynamic code encodes its short
+    URL). Design and format can be overridden per request.
+    """
+    GetScanSettings: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.GetScanSettingsRequest, _stored_qr_code_pb2.ScanSettings]  # type: ignore[assignment]
+    """Gets an organization's scan settings."""
+    UpdateScanSettings: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.UpdateScanSettingsRequest, _stored_qr_code_pb2.ScanSettings]  # type: ignore[assignment]
+    """Changes an organization's scan settings (field mask:
+    `store_full_ip_addresses`).
     """
 
 class QrCodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -86,4 +144,135 @@ class QrCodeServiceServicer(metaclass=_abc_1.ABCMeta):
         coverage and whether the image decodes back to the payload.
         """
 
+    @_abc_1.abstractmethod
+    def CreateQrCode(
+        self,
+        request: _qr_code_service_pb2.CreateQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.QrCode, _abc.Awaitable[_stored_qr_code_pb2.QrCode]]:
+        """Creates a stored QR code. A DYNAMIC code gets its short code (or the
+        requested alias) and encodes its short URL.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQrCode(
+        self,
+        request: _qr_code_service_pb2.GetQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.QrCode, _abc.Awaitable[_stored_qr_code_pb2.QrCode]]:
+        """Gets a stored QR code."""
+
+    @_abc_1.abstractmethod
+    def ListQrCodes(
+        self,
+        request: _qr_code_service_pb2.ListQrCodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_qr_code_service_pb2.ListQrCodesResponse, _abc.Awaitable[_qr_code_service_pb2.ListQrCodesResponse]]:
+        """Lists stored QR codes, filtered and ordered."""
+
+    @_abc_1.abstractmethod
+    def UpdateQrCode(
+        self,
+        request: _qr_code_service_pb2.UpdateQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.QrCode, _abc.Awaitable[_stored_qr_code_pb2.QrCode]]:
+        """Changes a stored QR code (field mask: `display_name`, `content`,
+        `design`, `folder`, `tags`, `status`, `rules` or any `rules.*` field,
+        `redirect_type`). A dynamic code's image never changes: only its
+        destination and rules do, and scans see the change at once.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteQrCode(
+        self,
+        request: _qr_code_service_pb2.DeleteQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a stored QR code. Its short code is retired, never reused: scans
+        of printed copies see "unknown code".
+        """
+
+    @_abc_1.abstractmethod
+    def RenderStoredQrCode(
+        self,
+        request: _qr_code_service_pb2.RenderStoredQrCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_httpbody_pb2.HttpBody, _abc.Awaitable[_httpbody_pb2.HttpBody]]:
+        """Renders a stored QR code as an image (a dynamic code encodes its short
+        URL). Design and format can be overridden per request.
+        """
+
+    @_abc_1.abstractmethod
+    def GetScanSettings(
+        self,
+        request: _qr_code_service_pb2.GetScanSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.ScanSettings, _abc.Awaitable[_stored_qr_code_pb2.ScanSettings]]:
+        """Gets an organization's scan settings."""
+
+    @_abc_1.abstractmethod
+    def UpdateScanSettings(
+        self,
+        request: _qr_code_service_pb2.UpdateScanSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.ScanSettings, _abc.Awaitable[_stored_qr_code_pb2.ScanSettings]]:
+        """Changes an organization's scan settings (field mask:
+        `store_full_ip_addresses`).
+        """
+
 def add_QrCodeServiceServicer_to_server(servicer: QrCodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class LinkServiceStub:
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LinkServiceAsyncStub: ...
+    ResolveLink: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.ResolveLinkRequest, _stored_qr_code_pb2.Link]
+    """The link behind a short code; NOT_FOUND when no code has it."""
+    ClaimScan: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.ClaimScanRequest, _qr_code_service_pb2.ClaimScanResponse]
+    """Counts one scan against a code's `max_scans`, exactly, even when many
+    scans race: `allowed` is false once the limit is reached.
+    """
+
+@_typing.type_check_only
+class LinkServiceAsyncStub(LinkServiceStub):
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ResolveLink: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.ResolveLinkRequest, _stored_qr_code_pb2.Link]  # type: ignore[assignment]
+    """The link behind a short code; NOT_FOUND when no code has it."""
+    ClaimScan: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.ClaimScanRequest, _qr_code_service_pb2.ClaimScanResponse]  # type: ignore[assignment]
+    """Counts one scan against a code's `max_scans`, exactly, even when many
+    scans race: `allowed` is false once the limit is reached.
+    """
+
+class LinkServiceServicer(metaclass=_abc_1.ABCMeta):
+    """LinkService answers the redirect's questions about short codes. Internal:
+    only services may call it.
+    """
+
+    @_abc_1.abstractmethod
+    def ResolveLink(
+        self,
+        request: _qr_code_service_pb2.ResolveLinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_stored_qr_code_pb2.Link, _abc.Awaitable[_stored_qr_code_pb2.Link]]:
+        """The link behind a short code; NOT_FOUND when no code has it."""
+
+    @_abc_1.abstractmethod
+    def ClaimScan(
+        self,
+        request: _qr_code_service_pb2.ClaimScanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_qr_code_service_pb2.ClaimScanResponse, _abc.Awaitable[_qr_code_service_pb2.ClaimScanResponse]]:
+        """Counts one scan against a code's `max_scans`, exactly, even when many
+        scans race: `allowed` is false once the limit is reached.
+        """
+
+def add_LinkServiceServicer_to_server(servicer: LinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
