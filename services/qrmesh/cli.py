@@ -14,8 +14,10 @@ from qrmesh.platform.settings import Settings, SettingsError
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+
     from qrmesh.platform.logs import configure_logging
-    from qrmesh.platform.server import serve
+    from qrmesh.platform.server import Server, serve
 
     entry = SERVICES[args.service]
     try:
@@ -27,11 +29,18 @@ def _serve(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, port=args.port)
     configure_logging(entry.name, settings.log_level, settings.log_format)
 
-    async def ready(port: int) -> None:
+    async def ready(server: Server) -> None:
         if args.port_file:
-            await asyncio.to_thread(Path(args.port_file).write_text, str(port))
+            # Extra ports first ("<file>.http"), so whoever waits for the main file finds them too.
+            for name, port in server.resources.ports.items():
+                await asyncio.to_thread(Path(f"{args.port_file}.{name}").write_text, str(port))
+            await asyncio.to_thread(Path(args.port_file).write_text, str(server.port))
 
-    asyncio.run(serve(settings, entry.load().SPEC, on_ready=ready))
+    try:
+        uvloop.run(serve(settings, entry.load().SPEC, on_ready=ready))
+    except SettingsError as exc:
+        print(f"qrmesh serve {entry.name}: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
     return 0
 
 
@@ -52,6 +61,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
                 port=entry.default_port,
                 grpc_services=entry.grpc_services(),
                 dns=True,
+                http_port=entry.http_port,
             )
             for name, entry in SERVICES.items()
         ]
@@ -66,7 +76,13 @@ def _envoy_config(args: argparse.Namespace) -> int:
         )
     else:
         upstreams = [
-            Upstream(name=name, host="127.0.0.1", port=entry.default_port, grpc_services=entry.grpc_services())
+            Upstream(
+                name=name,
+                host="127.0.0.1",
+                port=entry.default_port,
+                grpc_services=entry.grpc_services(),
+                http_port=entry.http_port,
+            )
             for name, entry in SERVICES.items()
         ]
         config = render_config(upstreams, listen_port=args.edge_port)

@@ -20,6 +20,7 @@ import jinja2
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
 
+from qrmesh.auth.v1 import policy_pb2
 from qrmesh.descriptors import DESCRIPTOR_SET_PATH, OPENAPI_PATH
 
 # Local replies Envoy makes itself, as (HTTP status, gRPC code, ErrorInfo reason).
@@ -50,11 +51,19 @@ class Upstream:
     """Resolve `host` by DNS (Kubernetes Services) instead of a literal address."""
     timeout: str = "30s"
     """How long a call may take at the edge."""
+    http_port: int | None = None
+    """Port of the service's plain HTTP server (the redirect's), routed under `http_prefix`."""
+    http_prefix: str = "/r/"
 
     @property
     def idempotent_methods(self) -> list[str]:
         """`package.Service/Method` of every read (HTTP GET) RPC, which the edge may retry."""
-        return idempotent_methods(self.grpc_services)
+        return idempotent_methods(self.routed_services)
+
+    @property
+    def routed_services(self) -> list[str]:
+        """The gRPC services the edge exposes: all but those whose every RPC is internal."""
+        return [name for name in self.grpc_services if not internal_only(name)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,12 @@ class StaticFile:
     path: str
     filename: str
     content_type: str
+
+
+def internal_only(service: str) -> bool:
+    """Whether every RPC of `service` is for other services only (never routed from outside)."""
+    methods = descriptor_pool.Default().FindServiceByName(service).methods
+    return all(method.GetOptions().Extensions[policy_pb2.policy].internal for method in methods)
 
 
 def idempotent_methods(grpc_services: Sequence[str]) -> list[str]:
@@ -145,8 +160,16 @@ def render_config(
     max_request_bytes: int = MAX_REQUEST_BYTES,
     requests_per_second: int = 500,
     burst: int = 1000,
+    scans_per_second: int = 50_000,
+    scan_burst: int = 100_000,
+    trusted_hops: int = 0,
 ) -> str:
-    """Envoy's YAML configuration for these upstreams."""
+    """Envoy's YAML configuration for these upstreams.
+
+    `trusted_hops` is how many proxies in front of Envoy append to X-Forwarded-For
+    (a load balancer: 1); the client address the services see is read past them.
+    Scans (`/r/`) have their own rate limit bucket, far above the API's.
+    """
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path().parent),
         undefined=jinja2.StrictUndefined,
@@ -169,6 +192,8 @@ def render_config(
         cors_origins=cors_origins() if origins is None else origins,
         max_request_bytes=max_request_bytes,
         rate_limit={"per_second": requests_per_second, "burst": burst},
+        scan_rate_limit={"per_second": scans_per_second, "burst": scan_burst},
+        trusted_hops=trusted_hops,
     )
 
 

@@ -14,6 +14,8 @@ class ServiceEntry:
     name: str
     module: str
     default_port: int
+    http_port: int | None = None
+    """Default port of the plain HTTP server the edge routes to (the redirect's), if it has one."""
 
     def load(self) -> ModuleType:
         """The service's server module (it has SPEC and create_server)."""
@@ -26,11 +28,13 @@ class ServiceEntry:
         return names
 
 
-# In start order: identity first, since every other service verifies callers with it.
+# In start order: identity first, since every other service verifies callers with it;
+# the redirect after qr, which it asks about links.
 SERVICES: dict[str, ServiceEntry] = {
     entry.name: entry
     for entry in [
         ServiceEntry(name="identity", module="qrmesh.identity.server", default_port=50052),
         ServiceEntry(name="qr", module="qrmesh.qr.server", default_port=50051),
+        ServiceEntry(name="redirect", module="qrmesh.redirect.server", default_port=50053, http_port=8081),
     ]
 }

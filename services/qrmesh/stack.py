@@ -62,6 +62,7 @@ class Stack:
         self.stoppers: list[tuple[str, Callable[[], None]]] = []
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.envoy: EnvoyProcess | None = None
+        self.redis_url = ""
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,14 +83,20 @@ class Stack:
             redis_url, stop = start_valkey(self.data_dir)
             self.stoppers.append(("Valkey", stop))
 
+        self.redis_url = redis_url
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         env.setdefault("QRMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{self.edge_port}")
         # Services prove themselves to each other with this; a fresh one each run unless given.
         env.setdefault("QRMESH_SERVICE_SECRET", secrets.token_urlsafe(32))
+        # The redirect's HTTP port is picked by the OS; scans wait in this spool while Redis is away.
+        env.setdefault("QRMESH_REDIRECT_HTTP_PORT", "0")
+        env.setdefault("QRMESH_REDIRECT_SPOOL_DIR", str(self.data_dir / "spool"))
         upstreams = []
         for name, entry in SERVICES.items():
             port_file = self.data_dir / f"{name}.port"
+            http_port_file = Path(f"{port_file}.http")
             port_file.unlink(missing_ok=True)
+            http_port_file.unlink(missing_ok=True)
             log = (logs / f"{name}.log").open("ab")
             self.children[name] = subprocess.Popen(
                 [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(port_file)],
@@ -99,12 +106,21 @@ class Stack:
                 start_new_session=True,
             )
             port = self._wait_port(name, port_file, logs / f"{name}.log")
-            say(f"service {name}: gRPC on 127.0.0.1:{port} (log: .qrmesh/logs/{name}.log)")
-            upstreams.append(Upstream(name=name, host="127.0.0.1", port=port, grpc_services=entry.grpc_services()))
+            http_port = int(http_port_file.read_text()) if entry.http_port and http_port_file.exists() else None
+            listening = f"gRPC on 127.0.0.1:{port}" + (f", HTTP on 127.0.0.1:{http_port}" if http_port else "")
+            say(f"service {name}: {listening} (log: .qrmesh/logs/{name}.log)")
+            upstreams.append(
+                Upstream(
+                    name=name, host="127.0.0.1", port=port, grpc_services=entry.grpc_services(), http_port=http_port
+                )
+            )
             if name == "identity":
                 env["QRMESH_IDENTITY_ADDR"] = f"127.0.0.1:{port}"
+            if name == "qr":
+                env["QRMESH_REDIRECT_QR_ADDR"] = f"127.0.0.1:{port}"
 
-        config = render_config(upstreams, listen_port=self.edge_port)
+        trusted_hops = int(os.environ.get("QRMESH_EDGE_TRUSTED_HOPS", "0") or 0)
+        config = render_config(upstreams, listen_port=self.edge_port, trusted_hops=trusted_hops)
         self.envoy = EnvoyProcess(config, self.data_dir, log_path=logs / "envoy.log")
         self.envoy.wait_ready()
         self._wait_healthy()

@@ -5,13 +5,20 @@ from __future__ import annotations
 import yaml
 
 from qrmesh.descriptors import DESCRIPTOR_SET_PATH
-from qrmesh.edge import Upstream, render_config, validate_config
+from qrmesh.edge import Upstream, internal_only, render_config, validate_config
 from qrmesh.mesh import SERVICES
 
 
 def upstreams(dns: bool) -> list[Upstream]:
     return [
-        Upstream(name, f"qrmesh-{name}" if dns else "127.0.0.1", entry.default_port, entry.grpc_services(), dns=dns)
+        Upstream(
+            name,
+            f"qrmesh-{name}" if dns else "127.0.0.1",
+            entry.default_port,
+            entry.grpc_services(),
+            dns=dns,
+            http_port=entry.http_port,
+        )
         for name, entry in SERVICES.items()
     ]
 
@@ -42,5 +49,25 @@ def test_every_service_is_transcoded_and_health_checked() -> None:
     transcoder = next(f for f in filters if f["name"] == "envoy.filters.http.grpc_json_transcoder")["typed_config"]
     health = next(f for f in filters if f["name"] == "envoy.filters.http.health_check")["typed_config"]
     for name, entry in SERVICES.items():
-        assert set(entry.grpc_services()) <= set(transcoder["services"])
+        public = {service for service in entry.grpc_services() if not internal_only(service)}
+        assert public <= set(transcoder["services"])
         assert health["cluster_min_healthy_percentages"][name] == {"value": 100}
+        if entry.http_port:
+            assert health["cluster_min_healthy_percentages"][f"{name}-http"] == {"value": 100}
+    # Internal-only services (AccessService, LinkService) are neither transcoded nor routed.
+    assert "qrmesh.identity.v1.AccessService" not in transcoder["services"]
+    assert "qrmesh.qr.v1.LinkService" not in transcoder["services"]
+    assert "qrmesh.qr.v1.QrCodeService" in transcoder["services"]
+
+
+def test_scans_go_to_the_redirect_over_http_with_the_client_address() -> None:
+    config = yaml.safe_load(render_config(upstreams(dns=False), trusted_hops=1))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["xff_num_trusted_hops"] == 1
+    route = next(r for r in manager["route_config"]["virtual_hosts"][0]["routes"] if r["match"].get("prefix") == "/r/")
+    assert route["route"]["cluster"] == "redirect-http"
+    assert "retry_policy" not in route["route"]
+    header = route["request_headers_to_add"][0]["header"]
+    assert header == {"key": "x-qrmesh-client-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "redirect-http")
+    assert cluster["health_checks"][0]["http_health_check"] == {"path": "/healthz"}

@@ -93,5 +93,13 @@ async def test_service_tokens_are_stripped_at_the_edge(edge: str) -> None:
     async with grpc.aio.insecure_channel(edge.removeprefix("http://")) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await identity_service_pb2_grpc.AccessServiceStub(channel).GetRole(request, metadata=metadata)
-    # Even a valid service token does not pass the edge: internal RPCs stay internal.
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Internal services are not routed at the edge at all, valid service token or not.
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    from qrmesh.qr.v1 import qr_code_service_pb2, qr_code_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(edge.removeprefix("http://")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await qr_code_service_pb2_grpc.LinkServiceStub(channel).ClaimScan(
+                qr_code_service_pb2.ClaimScanRequest(short_code="anything"), metadata=metadata
+            )
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -124,6 +124,8 @@ class RemoteAccessBackend:
                 metadata=self._service_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return None  # not an organization name at all: nobody is a member of it
             raise Unavailable(f"cannot reach the identity service: {exc.code().name}") from None
         role = Role.from_proto(answer.role)
         if self.redis is not None:

@@ -50,7 +50,14 @@ class Resources:
     settings: Settings
     engine: AsyncEngine | None
     redis: redis.Redis | None
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run in order once migrations are applied, before the service reports SERVING
+    (start background workers here)."""
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run in reverse order on shutdown, after in-flight RPCs, before Redis and the
+    database close (stop workers, flush buffers here)."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """Extra listening ports a service opened besides gRPC (e.g. "http")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +120,8 @@ class Server:
                 await connection.execute(text("SELECT 1"))
         if resources.redis is not None:
             await resources.redis.ping()
+        for hook in resources.on_start:
+            await hook()
         await self.grpc.start()
         for name in ("", *self.services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -172,13 +181,13 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
 
 
 async def serve(
-    settings: Settings, spec: ServiceSpec, *, on_ready: Callable[[int], Awaitable[None]] | None = None
+    settings: Settings, spec: ServiceSpec, *, on_ready: Callable[[Server], Awaitable[None]] | None = None
 ) -> None:
     """Run a service until SIGTERM or SIGINT, then shut down gracefully.
 
-    `on_ready(port)` runs once the service reports SERVING.
+    `on_ready(server)` runs once the service reports SERVING.
     """
-    server, port = await create_server(settings, spec)
+    server, _ = await create_server(settings, spec)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -189,7 +198,7 @@ async def serve(
         await server.stop(0)
         raise
     if on_ready is not None:
-        await on_ready(port)
+        await on_ready(server)
     await stop.wait()
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
     await server.stop()
