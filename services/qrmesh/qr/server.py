@@ -1,4 +1,4 @@
-"""The qr service: QR codes, their content and rendering."""
+"""The qr service: QR codes, their content and rendering, stored codes and their links."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ from qrmesh.identity.client import remote_access
 from qrmesh.platform.server import Resources, Server, ServiceSpec
 from qrmesh.platform.server import create_server as _create_server
 from qrmesh.platform.settings import Settings
+from qrmesh.qr.link_servicer import LinkServicer
+from qrmesh.qr.resources import qr_codes_for
 from qrmesh.qr.servicer import QrCodeServicer
 from qrmesh.qr.v1 import qr_code_service_pb2, qr_code_service_pb2_grpc
 
-GRPC_SERVICES = [qr_code_service_pb2.DESCRIPTOR.services_by_name["QrCodeService"].full_name]
+GRPC_SERVICES = [
+    qr_code_service_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("QrCodeService", "LinkService")
+]
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
-    qr_code_service_pb2_grpc.add_QrCodeServiceServicer_to_server(QrCodeServicer(), server)
+    """Add QrCodeService and LinkService, sharing one `QrCodes`."""
+    codes = qr_codes_for(resources)
+    qr_code_service_pb2_grpc.add_QrCodeServiceServicer_to_server(QrCodeServicer(codes), server)
+    qr_code_service_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(codes), server)
     return GRPC_SERVICES
 
 

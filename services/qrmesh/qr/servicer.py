@@ -3,45 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 
-from qrmesh.platform.errors import InvalidArgument
-from qrmesh.qr import design_proto
-from qrmesh.qr.content import payload_from_proto
-from qrmesh.qr.domain import payloads
-from qrmesh.qr.domain.design import Design, ErrorCorrection
-from qrmesh.qr.domain.render import RenderOptions, render
+from qrmesh.platform.auth import current_principal
+from qrmesh.platform.errors import PermissionDenied
+from qrmesh.qr import names, store
+from qrmesh.qr.domain import listing
+from qrmesh.qr.domain.render import render
 from qrmesh.qr.domain.report import Report, check
-from qrmesh.qr.v1 import design_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc
+from qrmesh.qr.domain.updates import plan_scan_settings_update, plan_update
+from qrmesh.qr.rendering import prepare
+from qrmesh.qr.service import QrCodes, etag_of
+from qrmesh.qr.v1 import design_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc, stored_qr_code_pb2
+
+Context = grpc.aio.ServicerContext[Any, Any]
+svc = qr_code_service_pb2
+QrCode = stored_qr_code_pb2.QrCode
 
 # Rendered images depend only on the request, so caches may keep them.
 CACHE_CONTROL = "public, max-age=86400"
+# A stored code's image changes when its design does: caches must ask again (the ETag makes that cheap).
+STORED_CACHE_CONTROL = "private, max-age=0, must-revalidate"
 
-
-def _prepare(request: qr_code_service_pb2.RenderQrCodeRequest) -> tuple[str, Design, RenderOptions]:
-    """The payload text, design and options a render request asks for."""
-    payload = payload_from_proto(request.content)
-    design = design_proto.design_from_proto(request)
-    required = payloads.required_error_correction(payload)
-    if required is not None:
-        level = ErrorCorrection[required]
-        if design.error_correction not in (None, level):
-            raise InvalidArgument.field(
-                "design.errorCorrection",
-                f"this payload is always encoded at error correction {required} (its standard says so)",
-                reason="ERROR_CORRECTION_FIXED",
-            )
-        if design.logo is not None:
-            raise InvalidArgument.field(
-                "design.logo",
-                f"this payload is encoded at error correction {required}, which leaves no budget for a logo",
-                reason="LOGO_NOT_ALLOWED",
-            )
-        design = design_proto.with_error_correction(design, level)
-    return payloads.encode(payload), design, design_proto.options_from_proto(request)
+_prepare = prepare
+"""The payload text, design and options a render request asks for (shared with stored codes)."""
 
 
 def report_to_proto(report: Report) -> qr_code_service_pb2.ScannabilityReport:
@@ -62,12 +52,72 @@ def report_to_proto(report: Report) -> qr_code_service_pb2.ScannabilityReport:
     )
 
 
+def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment.astimezone(UTC))
+    return stamp
+
+
+def qr_code_to_proto(code: store.QrCodeRecord, short_url: str) -> QrCode:
+    """The API's view of a stored code (never its password)."""
+    proto = QrCode(
+        name=names.qr_code_name(code.organization_id, code.id),
+        display_name=code.display_name,
+        kind=QrCode.Kind.Value(code.kind),
+        folder=code.folder,
+        tags=list(code.tags),
+        status=QrCode.Status.Value(code.status),
+        create_time=_timestamp(code.created_at),
+        update_time=_timestamp(code.updated_at),
+        scan_count=code.scan_count,
+        etag=etag_of(code),
+    )
+    proto.content.ParseFromString(code.content)
+    proto.design.ParseFromString(code.design)
+    if code.short_code is not None:
+        proto.short_code = code.short_code
+        proto.short_url = short_url
+        proto.rules.ParseFromString(code.rules)
+        proto.rules.max_scans = code.max_scans
+        proto.rules.password_protected = code.password_hash is not None
+        proto.redirect_type = QrCode.RedirectType.Value(code.redirect_type)
+    return proto
+
+
+def scan_settings_to_proto(
+    organization: str, settings: store.ScanSettingsRecord | None
+) -> stored_qr_code_pb2.ScanSettings:
+    """The API's view of scan settings (the defaults while never changed)."""
+    proto = stored_qr_code_pb2.ScanSettings(name=names.scan_settings_name(organization))
+    if settings is not None:
+        proto.store_full_ip_addresses = settings.store_full_ip_addresses
+        proto.update_time.CopyFrom(_timestamp(settings.updated_at))
+    return proto
+
+
+def _in_scope(organization: str) -> str:
+    """`organization`, which must be the one the guard let the caller into."""
+    if current_principal().organization != names.organization_name(organization):
+        raise PermissionDenied("the request is not scoped to this organization")
+    return organization
+
+
+def _organization(name: str, *, field: str) -> str:
+    return _in_scope(names.organization_id(name, field=field))
+
+
+def _qr_code(name: str, *, field: str) -> tuple[str, str]:
+    organization, code = names.qr_code_ids(name, field=field)
+    return _in_scope(organization), code
+
+
 class QrCodeServicer(qr_code_service_pb2_grpc.QrCodeServiceServicer):
     """gRPC face of the qr service."""
 
-    async def RenderQrCode(
-        self, request: qr_code_service_pb2.RenderQrCodeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> httpbody_pb2.HttpBody:
+    def __init__(self, codes: QrCodes) -> None:
+        self.codes = codes
+
+    async def RenderQrCode(self, request: svc.RenderQrCodeRequest, context: Context) -> httpbody_pb2.HttpBody:
         text, design, options = _prepare(request)
         # Rendering is CPU work (up to tens of ms for large styled images): keep
         # the event loop, and with it health checks and other calls, responsive.
@@ -75,9 +125,69 @@ class QrCodeServicer(qr_code_service_pb2_grpc.QrCodeServiceServicer):
         await context.send_initial_metadata((("etag", f'"{image.etag}"'), ("cache-control", CACHE_CONTROL)))
         return httpbody_pb2.HttpBody(content_type=image.content_type, data=image.data)
 
-    async def CheckQrCode(
-        self, request: qr_code_service_pb2.CheckQrCodeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> qr_code_service_pb2.ScannabilityReport:
+    async def CheckQrCode(self, request: svc.CheckQrCodeRequest, context: Context) -> svc.ScannabilityReport:
         text, design, options = _prepare(request.render)
         report = await asyncio.to_thread(check, text, design, options)
         return report_to_proto(report)
+
+    def _proto(self, code: store.QrCodeRecord) -> QrCode:
+        return qr_code_to_proto(code, self.codes.short_url(code.short_code) if code.short_code else "")
+
+    async def CreateQrCode(self, request: svc.CreateQrCodeRequest, context: Context) -> QrCode:
+        organization = _organization(request.parent, field="parent")
+        return self._proto(await self.codes.create(organization, request.qr_code, request.request_id))
+
+    async def GetQrCode(self, request: svc.GetQrCodeRequest, context: Context) -> QrCode:
+        organization, code = _qr_code(request.name, field="name")
+        return self._proto(await self.codes.get(organization, code))
+
+    async def ListQrCodes(self, request: svc.ListQrCodesRequest, context: Context) -> svc.ListQrCodesResponse:
+        organization = _organization(request.parent, field="parent")
+        filters = listing.normalize_filters(
+            folder=request.folder,
+            tag=request.tag,
+            kind=QrCode.Kind.Name(request.kind) if request.kind else None,
+            status=QrCode.Status.Name(request.status) if request.status else None,
+            search=request.search,
+        )
+        order = listing.parse_order(request.order_by)
+        page = await self.codes.list_codes(organization, filters, order, request.page_size, request.page_token)
+        return svc.ListQrCodesResponse(
+            qr_codes=[self._proto(code) for code in page.items],
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def UpdateQrCode(self, request: svc.UpdateQrCodeRequest, context: Context) -> QrCode:
+        organization, code = _qr_code(request.qr_code.name, field="qrCode.name")
+        plan = plan_update(list(request.update_mask.paths))
+        return self._proto(await self.codes.update(organization, code, request.qr_code, plan))
+
+    async def DeleteQrCode(self, request: svc.DeleteQrCodeRequest, context: Context) -> empty_pb2.Empty:
+        organization, code = _qr_code(request.name, field="name")
+        await self.codes.delete(organization, code, request.etag)
+        return empty_pb2.Empty()
+
+    async def RenderStoredQrCode(
+        self, request: svc.RenderStoredQrCodeRequest, context: Context
+    ) -> httpbody_pb2.HttpBody:
+        organization, code = _qr_code(request.name, field="name")
+        options = svc.RenderQrCodeRequest(format=request.format, size=request.size, dpi=request.dpi)
+        image = await self.codes.render(organization, code, options)
+        await context.send_initial_metadata((("etag", f'"{image.etag}"'), ("cache-control", STORED_CACHE_CONTROL)))
+        return httpbody_pb2.HttpBody(content_type=image.content_type, data=image.data)
+
+    async def GetScanSettings(
+        self, request: svc.GetScanSettingsRequest, context: Context
+    ) -> stored_qr_code_pb2.ScanSettings:
+        organization = _in_scope(names.scan_settings_organization(request.name, field="name"))
+        return scan_settings_to_proto(organization, await self.codes.get_scan_settings(organization))
+
+    async def UpdateScanSettings(
+        self, request: svc.UpdateScanSettingsRequest, context: Context
+    ) -> stored_qr_code_pb2.ScanSettings:
+        settings = request.scan_settings
+        organization = _in_scope(names.scan_settings_organization(settings.name, field="scanSettings.name"))
+        plan_scan_settings_update(list(request.update_mask.paths))
+        updated = await self.codes.update_scan_settings(organization, settings.store_full_ip_addresses)
+        return scan_settings_to_proto(organization, updated)

@@ -1,0 +1,21 @@
+"""The qr service's long-lived objects, built once per process from its `Resources`."""
+
+from __future__ import annotations
+
+from qrmesh.platform.server import Resources
+from qrmesh.qr.scan_totals import ScanTotals
+from qrmesh.qr.service import QrCodes
+
+
+def qr_codes_for(resources: Resources) -> QrCodes:
+    """The stored-code operations over the process's database and Redis; background work starts and
+    stops with the server (link publishing, scan totals)."""
+    if resources.engine is None or resources.redis is None:
+        raise RuntimeError("the qr service needs its database and Redis")
+    codes = QrCodes(resources.engine, resources.redis, public_base_url=resources.settings.public_base_url)
+    totals = ScanTotals(codes.sessions, resources.redis)
+    resources.on_start.append(codes.start)
+    resources.on_start.append(totals.start)
+    resources.on_close.append(codes.close)
+    resources.on_close.append(totals.close)
+    return codes
