@@ -165,6 +165,31 @@ async def qr_server(settings: Settings) -> AsyncIterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def redirect_settings(settings: Settings, qr_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings for a redirect that asks the session's qr service, HTTP on a free port."""
+    return dataclasses.replace(
+        settings,
+        service="redirect",
+        extra={
+            "QR_ADDR": f"127.0.0.1:{qr_server.port}",
+            "HTTP_PORT": "0",
+            "SPOOL_DIR": str(tmp_path_factory.mktemp("spool")),
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+async def redirect_server(redirect_settings: Settings) -> AsyncIterator[Server]:
+    """The redirect, serving on free ports for the whole session (`resources.ports["http"]`)."""
+    from qrmesh.redirect import server as redirect_server_module
+
+    server, _ = await redirect_server_module.create_server(redirect_settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
 async def qr_channel(qr_server: Server) -> AsyncIterator[grpc.aio.Channel]:
     """A plain channel straight to the qr service."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{qr_server.port}") as channel:
@@ -227,6 +252,8 @@ class ServiceProcess:
                 raise RuntimeError(f"qrmesh serve {name} did not start:\n{self.log_path.read_text()}")
             time.sleep(0.05)
         self.port = int(self.port_file.read_text())
+        http_port_file = Path(f"{self.port_file}.http")
+        self.http_port = int(http_port_file.read_text()) if http_port_file.exists() else None
 
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code."""
@@ -251,11 +278,23 @@ def running_mesh(settings: Settings, workdir: Path) -> Iterator[tuple[str, dict[
         processes["identity"] = ServiceProcess("identity", settings, workdir)
         address = f"127.0.0.1:{processes['identity'].port}"
         processes["qr"] = ServiceProcess("qr", settings, workdir, QRMESH_IDENTITY_ADDR=address)
+        processes["redirect"] = ServiceProcess(
+            "redirect",
+            settings,
+            workdir,
+            QRMESH_REDIRECT_QR_ADDR=f"127.0.0.1:{processes['qr'].port}",
+            QRMESH_REDIRECT_HTTP_PORT="0",
+            QRMESH_REDIRECT_SPOOL_DIR=str(workdir / "spool"),
+        )
         upstreams = [
             Upstream("identity", "127.0.0.1", processes["identity"].port, identity_server_module.GRPC_SERVICES),
             Upstream("qr", "127.0.0.1", processes["qr"].port, qr_server_module.GRPC_SERVICES),
+            Upstream(
+                "redirect", "127.0.0.1", processes["redirect"].port, [], http_port=processes["redirect"].http_port
+            ),
         ]
-        with running_edge(upstreams, workdir) as (base_url, _):
+        # One trusted hop: tests play the load balancer and say who the client is in X-Forwarded-For.
+        with running_edge(upstreams, workdir, trusted_hops=1) as (base_url, _):
             wait_healthz(base_url, 200)
             yield base_url, processes
     finally:

@@ -1,0 +1,654 @@
+"""The redirect's HTTP/1.1 server: `GET`/`HEAD`/`POST /r/{code}` and `GET /healthz`.
+
+A small asyncio protocol over httptools' parser, because this is the hot path:
+a scan of a cached link is answered synchronously inside `data_received`, with
+no task, no await and no network round trip; its event goes into the
+recorder's buffer. Only a cache miss, a password or a scan limit take the slow
+(async) path. Responses go out in request order on each keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import formatdate
+from functools import lru_cache
+from typing import Any
+
+import httptools
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from qrmesh.platform.errors import Unavailable
+from qrmesh.redirect.config import RedirectConfig
+from qrmesh.redirect.domain import pages
+from qrmesh.redirect.domain.agent import Agent, classify
+from qrmesh.redirect.domain.geo import CountryLookup
+from qrmesh.redirect.domain.ids import uuid7
+from qrmesh.redirect.domain.language import preferred_languages
+from qrmesh.redirect.domain.passwords import verify_password
+from qrmesh.redirect.domain.privacy import anonymize_ip, sticky_bucket, visitor_id
+from qrmesh.redirect.domain.rules import CompiledLink, Decision, Visit
+from qrmesh.redirect.events import ScanRecorder
+from qrmesh.redirect.resolver import NOT_CACHED, LinkResolver
+from qrmesh.scans.v1 import scan_event_pb2
+
+log = logging.getLogger("qrmesh.redirect.http")
+
+Outcome = scan_event_pb2.ScanEvent.Outcome
+CLIENT_IP_HEADER = b"x-qrmesh-client-ip"
+"""Set by the edge (Envoy) to the client's address; nobody else reaches this server."""
+_WANTED = frozenset(
+    {b"user-agent", b"referer", b"accept-language", CLIENT_IP_HEADER, b"traceparent", b"tracestate", b"content-type"}
+)
+_MAX_BODY = 8 * 1024
+_MAX_URL = 4 * 1024
+_CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_REASONS = {
+    200: "OK",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    410: "Gone",
+    413: "Content Too Large",
+    423: "Locked",
+    429: "Too Many Requests",
+    451: "Unavailable For Legal Reasons",
+    503: "Service Unavailable",
+}
+_PAGE_HEADERS = (
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"X-Content-Type-Options: nosniff\r\n"
+    b"Referrer-Policy: no-referrer\r\n"
+    b"X-Robots-Tag: noindex\r\n"
+    b"Content-Security-Policy: " + pages.CONTENT_SECURITY_POLICY.encode() + b"\r\n"
+)
+_UNAVAILABLE_BODY = (
+    b"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+    b"<title>Try again</title><p>This code cannot be opened right now. Please try again in a moment.</p>"
+)
+_PASSWORD_WINDOW = 900
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def header(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.value = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self.value
+
+
+_date = _Date()
+
+
+@lru_cache(maxsize=16384)
+def _location(url: str) -> bytes:
+    """A URL as a Location header value: ASCII only, nothing that could end the header."""
+    safe = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+    return safe.encode("ascii")
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())
+
+
+def redirect_response(status: int, url: str, *, keep_alive: bool) -> bytes:
+    return (
+        _status_line(status)
+        + _date.header()
+        + b"Location: "
+        + _location(url)
+        + b"\r\nCache-Control: private, max-age=0\r\nContent-Length: 0\r\n"
+        + (b"" if keep_alive else b"Connection: close\r\n")
+        + b"\r\n"
+    )
+
+
+def page_response(
+    status: int, body: bytes, *, keep_alive: bool, head: bool, extra: bytes = b"", html: bool = True
+) -> bytes:
+    headers = _PAGE_HEADERS if html else b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+    return (
+        _status_line(status)
+        + _date.header()
+        + headers
+        + extra
+        + b"Content-Length: %d\r\n" % len(body)
+        + (b"" if keep_alive else b"Connection: close\r\n")
+        + b"\r\n"
+        + (b"" if head else body)
+    )
+
+
+class Request:
+    """One parsed request."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "peer", "query")
+
+    def __init__(
+        self,
+        method: bytes,
+        path: str,
+        query: str,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        keep_alive: bool,
+        peer: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.peer = peer
+
+    def header(self, name: bytes, limit: int) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            return ""
+        return value[:limit].decode("utf-8", "replace")
+
+    @property
+    def client_ip(self) -> str:
+        forwarded = self.headers.get(CLIENT_IP_HEADER)
+        if forwarded:
+            return forwarded[:64].decode("ascii", "replace").strip()
+        return self.peer
+
+
+class ScanApp:
+    """Decides each scan's answer and records it."""
+
+    def __init__(
+        self,
+        resolver: LinkResolver,
+        recorder: ScanRecorder,
+        config: RedirectConfig,
+        *,
+        throttle: redis.Redis | None,
+        countries: CountryLookup | None = None,
+    ) -> None:
+        self.resolver = resolver
+        self.recorder = recorder
+        self.config = config
+        self.throttle_redis = throttle
+        self.countries = countries or CountryLookup()
+        self.secret = config.visitor_secret
+        self.serving = True
+        self._local_attempts: dict[str, tuple[int, float]] = {}
+        self._exhausted: set[tuple[str, int]] = set()
+        self.answered = 0
+
+    # -- entry points --------------------------------------------------------------------------
+
+    def answer_now(self, request: Request) -> bytes | None:
+        """The answer if it needs no waiting (the common case), else None: use `answer`."""
+        path = request.path
+        if not path.startswith("/r/"):
+            return self._other(request)
+        method = request.method
+        if method not in (b"GET", b"HEAD"):
+            return None
+        code = path[3:]
+        if not _valid_code(code):
+            return self._unknown(request, code)
+        found = self.resolver.cached(code)
+        if found is NOT_CACHED:
+            return None
+        if found is None:
+            return self._unknown(request, code)
+        link: CompiledLink = found  # type: ignore[assignment]
+        now = datetime.now(UTC)
+        gated = link.gate(now)
+        if gated is not None:
+            return self._decided(request, code, link, gated, self._agent(request), now)
+        if link.password_hash or (link.max_scans and not self._is_bot(request)):
+            return None
+        agent = self._agent(request)
+        decision = link.route(self._visit(request, code, agent, now))
+        return self._decided(request, code, link, decision, agent, now)
+
+    async def answer(self, request: Request) -> bytes:
+        """Any request, waiting for the qr service, Redis or a password check when needed."""
+        quick = self.answer_now(request)
+        if quick is not None:
+            return quick
+        code = request.path[3:]
+        head = request.method == b"HEAD"
+        if not _valid_code(code):
+            return self._unknown(request, code)
+        if request.method not in (b"GET", b"HEAD", b"POST"):
+            return page_response(
+                405,
+                b"method not allowed\n",
+                keep_alive=request.keep_alive,
+                head=head,
+                extra=b"Allow: GET, HEAD, POST\r\n",
+                html=False,
+            )
+        try:
+            link = await self.resolver.resolve(code)
+        except Unavailable:
+            return self._unavailable(request)
+        if link is None:
+            return self._unknown(request, code)
+        now = datetime.now(UTC)
+        agent = self._agent(request)
+        gated = link.gate(now)
+        if gated is not None:
+            return self._decided(request, code, link, gated, agent, now)
+        posted = request.method == b"POST"
+        if link.password_hash:
+            if not posted:
+                return self._page(request, code, link, "password", Outcome.PASSWORD_REQUIRED, agent, now)
+            refused = await self._check_password(request, code, link, agent, now)
+            if refused is not None:
+                return refused
+        if link.max_scans and not self._is_bot(request):
+            if (code, link.version) in self._exhausted:
+                return self._decided(request, code, link, link.limit_reached(), agent, now)
+            try:
+                allowed = await self.resolver.claim_scan(code)
+            except Unavailable:
+                return self._unavailable(request)
+            if not allowed:
+                # Spent for this version of the link; an edit (a higher limit) makes a new version.
+                if len(self._exhausted) > 100_000:
+                    self._exhausted.clear()
+                self._exhausted.add((code, link.version))
+                return self._decided(request, code, link, link.limit_reached(), agent, now)
+        decision = link.route(self._visit(request, code, agent, now))
+        if posted and decision.url:
+            # After a form POST the browser must GET the destination.
+            decision = Decision(decision.outcome, 303, decision.url, decision.page, decision.matched_rule)
+        return self._decided(request, code, link, decision, agent, now)
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _other(self, request: Request) -> bytes:
+        head = request.method == b"HEAD"
+        if request.path == "/healthz" and request.method in (b"GET", b"HEAD"):
+            status, body = (200, b"ok\n") if self.serving else (503, b"shutting down\n")
+            return page_response(status, body, keep_alive=request.keep_alive, head=head, html=False)
+        return page_response(404, b"not found\n", keep_alive=request.keep_alive, head=head, html=False)
+
+    def _is_bot(self, request: Request) -> bool:
+        return request.method == b"HEAD" or classify(request.header(b"user-agent", 512)).bot
+
+    @staticmethod
+    def _agent(request: Request) -> Agent:
+        return classify(request.header(b"user-agent", 512))
+
+    def _visit(self, request: Request, code: str, agent: Agent, now: datetime) -> Visit:
+        ip = request.client_ip
+        return Visit(
+            now=now,
+            os=agent.os,
+            device_type=agent.device_type,
+            country=self.countries.country(ip),
+            languages=preferred_languages(request.header(b"accept-language", 512)),
+            query=request.query,
+            sticky=sticky_bucket(self.secret, code, ip, request.header(b"user-agent", 512)),
+        )
+
+    def _decided(
+        self, request: Request, code: str, link: CompiledLink, decision: Decision, agent: Agent, now: datetime
+    ) -> bytes:
+        self._record(request, code, link, decision.outcome, decision.url, decision.matched_rule, agent, now)
+        if decision.url:
+            return redirect_response(decision.status, decision.url, keep_alive=request.keep_alive)
+        body = pages.page(decision.page, short_code=code)
+        return page_response(decision.status, body, keep_alive=request.keep_alive, head=request.method == b"HEAD")
+
+    def _page(
+        self,
+        request: Request,
+        code: str,
+        link: CompiledLink,
+        kind: str,
+        outcome: int,
+        agent: Agent,
+        now: datetime,
+        *,
+        error: str = "",
+        extra: bytes = b"",
+    ) -> bytes:
+        self._record(request, code, link, outcome, "", "", agent, now)
+        body = pages.page(kind, short_code=code, error=error)
+        return page_response(
+            pages.PAGE_STATUS[kind], body, keep_alive=request.keep_alive, head=request.method == b"HEAD", extra=extra
+        )
+
+    def _unknown(self, request: Request, code: str) -> bytes:
+        now = datetime.now(UTC)
+        self._record(request, code[:64], None, Outcome.UNKNOWN_CODE, "", "", self._agent(request), now)
+        body = pages.page("unknown")
+        return page_response(
+            pages.PAGE_STATUS["unknown"], body, keep_alive=request.keep_alive, head=request.method == b"HEAD"
+        )
+
+    def _unavailable(self, request: Request) -> bytes:
+        return page_response(
+            503,
+            _UNAVAILABLE_BODY,
+            keep_alive=request.keep_alive,
+            head=request.method == b"HEAD",
+            extra=b"Retry-After: 1\r\n",
+        )
+
+    async def _check_password(
+        self, request: Request, code: str, link: CompiledLink, agent: Agent, now: datetime
+    ) -> bytes | None:
+        key = f"qrmesh:password-attempts:{code}:{request.client_ip}"
+        attempts = await self._attempt(key)
+        if attempts > self.config.password_attempts:
+            return self._page(
+                request, code, link, "throttled", Outcome.PASSWORD_THROTTLED, agent, now, extra=b"Retry-After: 900\r\n"
+            )
+        password = _form_field(request, "password")
+        right = bool(password) and await asyncio.to_thread(_verify, link.password_hash, password)
+        if right:
+            await self._forget_attempts(key)
+            return None
+        return self._page(
+            request, code, link, "password", Outcome.PASSWORD_REJECTED, agent, now, error="That password is not right."
+        )
+
+    async def _attempt(self, key: str) -> int:
+        """Count one password attempt for this code and address; the count within the window."""
+        if self.throttle_redis is not None:
+            try:
+                async with self.throttle_redis.pipeline(transaction=True) as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, _PASSWORD_WINDOW, nx=True)
+                    count, _ = await asyncio.wait_for(pipe.execute(), 0.5)
+                return int(count)
+            except (RedisError, OSError, TimeoutError):
+                pass
+        # Redis is away: count in this process so guessing stays throttled.
+        now = time.monotonic()
+        count, until = self._local_attempts.get(key, (0, now + _PASSWORD_WINDOW))
+        if until < now:
+            count, until = 0, now + _PASSWORD_WINDOW
+        self._local_attempts[key] = (count + 1, until)
+        if len(self._local_attempts) > 100_000:
+            self._local_attempts.clear()
+        return count + 1
+
+    async def _forget_attempts(self, key: str) -> None:
+        self._local_attempts.pop(key, None)
+        if self.throttle_redis is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self.throttle_redis.delete(key), 0.5)
+
+    def _record(
+        self,
+        request: Request,
+        code: str,
+        link: CompiledLink | None,
+        outcome: int,
+        url: str,
+        matched_rule: str,
+        agent: Agent,
+        now: datetime,
+    ) -> None:
+        ip = request.client_ip
+        user_agent = request.header(b"user-agent", 512)
+        event = scan_event_pb2.ScanEvent(
+            event_id=uuid7(),
+            short_code=code,
+            outcome=outcome,  # type: ignore[arg-type]
+            destination_url=url,
+            matched_rule=matched_rule,
+            user_agent=user_agent,
+            referer=request.header(b"referer", 512),
+            accept_language=request.header(b"accept-language", 256),
+            country=self.countries.country(ip),
+            ip_address=ip if link is not None and link.store_full_ip else anonymize_ip(ip),
+            visitor_id=visitor_id(self.secret, now.date(), ip, user_agent),
+            bot=agent.bot or request.method == b"HEAD",
+            method=request.method.decode("ascii", "replace"),
+            query=request.query[:512],
+            traceparent=request.header(b"traceparent", 64),
+            tracestate=request.header(b"tracestate", 256),
+        )
+        event.time.FromDatetime(now)
+        if link is not None:
+            event.qr_code = link.qr_code
+            event.organization = link.organization
+        self.recorder.record(event)
+        self.answered += 1
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    return verify_password(password_hash, password)
+
+
+def _valid_code(code: str) -> bool:
+    return 0 < len(code) <= 64 and _CODE_CHARS.issuperset(code)
+
+
+def _form_field(request: Request, name: str) -> str:
+    content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if content_type != b"application/x-www-form-urlencoded":
+        return ""
+    try:
+        fields = urllib.parse.parse_qs(request.body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        return ""
+    values = fields.get(name)
+    return values[0][:256] if values else ""
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection (usually Envoy's, kept alive and reused)."""
+
+    __slots__ = (
+        "_body",
+        "_busy",
+        "_headers",
+        "_queue",
+        "_url",
+        "app",
+        "closed",
+        "parser",
+        "peer",
+        "track",
+        "transport",
+    )
+
+    def __init__(self, app: ScanApp, track: Callable[[HttpProtocol, bool], None]) -> None:
+        self.app = app
+        self.track = track
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._body = b""
+        self._queue: collections.deque[Request] = collections.deque()
+        self._busy = False
+        self.closed = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream server's transports are Transports
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.track(self, True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.track(self, False)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, b"upgrades are not supported\n")
+        except httptools.HttpParserError:
+            self._fail(400, b"malformed request\n")
+        except _TooLarge as exc:
+            self._fail(exc.status, exc.message)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > _MAX_URL:
+            raise _TooLarge(414, b"the link is too long\n")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in _WANTED and name not in self._headers:
+            self._headers[name] = value
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > _MAX_BODY:
+            raise _TooLarge(413, b"the request body is too large\n")
+
+    def on_message_complete(self) -> None:
+        raw = self._url
+        path, _, query = raw.partition(b"?")
+        fragment = query.find(b"#")
+        if fragment >= 0:
+            query = query[:fragment]
+        request = Request(
+            self.parser.get_method(),
+            path.decode("utf-8", "replace"),
+            query.decode("utf-8", "replace"),
+            self._headers,
+            self._body,
+            self.parser.should_keep_alive(),
+            self.peer,
+        )
+        if self._busy:
+            self._queue.append(request)
+            return
+        self._serve(request)
+
+    # answering
+    def _serve(self, request: Request) -> None:
+        try:
+            answer = self.app.answer_now(request)
+        except Exception:
+            log.exception("scan failed")
+            answer = page_response(500, b"internal error\n", keep_alive=False, head=False, html=False)
+        if answer is not None:
+            self._write(answer, request.keep_alive)
+            return
+        self._busy = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._serve_slow(request))
+        task.add_done_callback(_log_failure)
+
+    async def _serve_slow(self, request: Request) -> None:
+        try:
+            answer = await self.app.answer(request)
+        except Exception:
+            log.exception("scan failed")
+            answer = page_response(500, b"internal error\n", keep_alive=False, head=False, html=False)
+        self._busy = False
+        if self.closed:
+            return
+        self._write(answer, request.keep_alive and b"Connection: close" not in answer[:512])
+        while self._queue and not self._busy and not self.closed:
+            self._serve(self._queue.popleft())
+        if not self._busy and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+
+    def _write(self, answer: bytes, keep_alive: bool) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        transport.write(answer)
+        if not keep_alive:
+            transport.close()
+            self.closed = True
+
+    def _fail(self, status: int, message: bytes) -> None:
+        self._write(page_response(status, message, keep_alive=False, head=False, html=False), False)
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and not self._queue
+
+
+class _TooLarge(Exception):
+    def __init__(self, status: int, message: bytes) -> None:
+        super().__init__(status)
+        self.status = status
+        self.message = message
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("scan task failed", exc_info=task.exception())
+
+
+class HttpServer:
+    """The listening socket and its connections."""
+
+    def __init__(self, app: ScanApp, sock: Any) -> None:
+        self.app = app
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self._server: asyncio.Server | None = None
+        self._connections: set[HttpProtocol] = set()
+
+    def _track(self, protocol: HttpProtocol, alive: bool) -> None:
+        if alive:
+            self._connections.add(protocol)
+        else:
+            self._connections.discard(protocol)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self.app, self._track), sock=self.sock, backlog=1024
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let answers in progress finish (within `grace`), close connections."""
+        self.app.serving = False
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace
+        # Polling: many connections, none with an event of its own to wait on.
+        while time.monotonic() < deadline and any(not c.idle for c in self._connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
