@@ -29,8 +29,9 @@ def scans_of(redis_url: str, short_code: str) -> list[scan_event_pb2.ScanEvent]:
     client = redis.Redis.from_url(redis_url)
     try:
         found = []
-        entries: Any = client.xrange("scans", "-", "+")
-        for _, fields in entries:
+        # The stream is shared by the whole session: read only its newest entries.
+        entries: Any = client.xrevrange("scans", "+", "-", count=5000)
+        for _, fields in reversed(entries):
             event = scan_event_pb2.ScanEvent.FromString(fields[b"event"])
             if event.short_code == short_code:
                 found.append(event)

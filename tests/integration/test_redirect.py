@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import httpx
@@ -81,14 +82,16 @@ async def update(
 
 
 async def events_for(redis_url: str, short_code: str, count: int, wait: float = 5.0) -> list[scan_event_pb2.ScanEvent]:
+    """This code's events in the `scans` stream, reading only the newest entries (the stream is shared)."""
     client = aioredis.Redis.from_url(redis_url)
     deadline = time.monotonic() + wait
     try:
         while True:
+            entries: Any = await client.xrevrange("scans", "+", "-", count=5000)
             found = [
                 event
-                for _, fields in await client.xrange("scans", "-", "+")  # type: ignore[union-attr]
-                if (event := scan_event_pb2.ScanEvent.FromString(fields[b"event"])).short_code == short_code  # type: ignore[index, arg-type]
+                for _, fields in reversed(entries)
+                if (event := scan_event_pb2.ScanEvent.FromString(fields[b"event"])).short_code == short_code
             ]
             if len(found) >= count or time.monotonic() > deadline:
                 return found
