@@ -236,6 +236,7 @@ class ServiceProcess:
             "REDIS_URL": settings.redis_url,
             "QRMESH_SERVICE_SECRET": settings.service_secret,
             "QRMESH_SHUTDOWN_GRACE": "1",
+            "QRMESH_METRICS_PORT": "0",
             **extra_env,
         }
         self._log = self.log_path.open("wb")
@@ -254,6 +255,7 @@ class ServiceProcess:
         self.port = int(self.port_file.read_text())
         http_port_file = Path(f"{self.port_file}.http")
         self.http_port = int(http_port_file.read_text()) if http_port_file.exists() else None
+        self.metrics_port = int(Path(f"{self.port_file}.metrics").read_text())
 
     def stop(self) -> int:
         """SIGTERM, then wait; returns the exit code."""

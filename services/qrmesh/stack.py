@@ -91,12 +91,15 @@ class Stack:
         # The redirect's HTTP port is picked by the OS; scans wait in this spool while Redis is away.
         env.setdefault("QRMESH_REDIRECT_HTTP_PORT", "0")
         env.setdefault("QRMESH_REDIRECT_SPOOL_DIR", str(self.data_dir / "spool"))
+        # Every service serves /metrics on a port of its own, picked by the OS.
+        env["QRMESH_METRICS_PORT"] = "0"
         upstreams = []
         for name, entry in SERVICES.items():
             port_file = self.data_dir / f"{name}.port"
             http_port_file = Path(f"{port_file}.http")
-            port_file.unlink(missing_ok=True)
-            http_port_file.unlink(missing_ok=True)
+            metrics_port_file = Path(f"{port_file}.metrics")
+            for stale in (port_file, http_port_file, metrics_port_file):
+                stale.unlink(missing_ok=True)
             log = (logs / f"{name}.log").open("ab")
             self.children[name] = subprocess.Popen(
                 [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(port_file)],
@@ -108,6 +111,8 @@ class Stack:
             port = self._wait_port(name, port_file, logs / f"{name}.log")
             http_port = int(http_port_file.read_text()) if entry.http_port and http_port_file.exists() else None
             listening = f"gRPC on 127.0.0.1:{port}" + (f", HTTP on 127.0.0.1:{http_port}" if http_port else "")
+            if metrics_port_file.exists():
+                listening += f", metrics http://127.0.0.1:{metrics_port_file.read_text()}/metrics"
             say(f"service {name}: {listening} (log: .qrmesh/logs/{name}.log)")
             upstreams.append(
                 Upstream(

@@ -17,7 +17,12 @@ from qrmesh.platform.settings import Settings
 
 def test_serve_runs_until_sigterm(settings: Settings, tmp_path: Path) -> None:
     port_file = tmp_path / "port"
-    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QRMESH_METRICS_PORT": "0",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "qrmesh.cli", "serve", "qr", "--port", "0", "--port-file", str(port_file)],
         env=env,

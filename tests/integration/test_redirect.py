@@ -253,3 +253,73 @@ async def test_deleted_code_stops_redirecting(
     while (await http.get(f"/r/{code.short_code}")).status_code != 404:
         assert time.monotonic() < deadline, "a deleted code still redirected after 1 s"
         await asyncio.sleep(0.01)
+
+
+async def test_a_spent_limit_hides_the_destination_from_bots_curl_and_head(
+    codes: qr_code_service_pb2_grpc.QrCodeServiceAsyncStub, account: Account, http: httpx.AsyncClient
+) -> None:
+    code = await create(codes, account, "https://example.com/coupon", stored_qr_code_pb2.LinkRules(max_scans=1))
+    assert (await http.get(f"/r/{code.short_code}")).headers["location"] == "https://example.com/coupon"
+    for answer in (
+        await http.get(f"/r/{code.short_code}", headers={"user-agent": ""}),
+        await http.get(f"/r/{code.short_code}", headers={"user-agent": "curl/8.5.0"}),
+        await http.get(f"/r/{code.short_code}", headers={"user-agent": "facebookexternalhit/1.1"}),
+        await http.head(f"/r/{code.short_code}"),
+        await http.get(f"/r/{code.short_code}"),
+    ):
+        assert "location" not in answer.headers
+        assert answer.status_code == 410
+
+
+async def test_size_limits_have_their_own_answers(redirect_server: Server) -> None:
+    port = redirect_server.resources.ports["http"]
+
+    async def raw(request: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await writer.drain()
+        answer = await reader.read(4096)
+        writer.close()
+        return answer
+
+    assert (await raw(b"GET /r/" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")).startswith(b"HTTP/1.1 414 ")
+    huge = b"x-filler: " + b"y" * 40_000 + b"\r\n"
+    assert (await raw(b"GET /r/abc HTTP/1.1\r\nHost: x\r\n" + huge + b"\r\n")).startswith(b"HTTP/1.1 431 ")
+    body = b"password=" + b"z" * 9000
+    post = b"POST /r/abc HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    assert (await raw(post)).startswith(b"HTTP/1.1 413 ")
+    assert (await raw(b"NONSENSE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    codes: qr_code_service_pb2_grpc.QrCodeServiceAsyncStub, account: Account, redirect_server: Server
+) -> None:
+    first = await create(codes, account, "https://example.com/one")
+    limited = await create(codes, account, "https://example.com/two", stored_qr_code_pb2.LinkRules(max_scans=5))
+    reader, writer = await asyncio.open_connection("127.0.0.1", redirect_server.resources.ports["http"])
+    # fast (cold: slow), slow (a claim), fast, then HEAD: one write, four answers in order.
+    writer.write(
+        b"".join(
+            b"%s /r/%s HTTP/1.1\r\nHost: x\r\nUser-Agent: test\r\n\r\n" % (method, code.encode())
+            for method, code in (
+                (b"GET", first.short_code),
+                (b"GET", limited.short_code),
+                (b"GET", first.short_code),
+                (b"HEAD", first.short_code),
+            )
+        )
+    )
+    await writer.drain()
+    data = b""
+    while data.count(b"\r\n\r\n") < 4:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, "the connection closed early"
+        data += chunk
+    writer.close()
+    locations = [line.split(b": ", 1)[1] for line in data.split(b"\r\n") if line.lower().startswith(b"location:")]
+    assert locations == [
+        b"https://example.com/one",
+        b"https://example.com/two",
+        b"https://example.com/one",
+        b"https://example.com/one",
+    ]

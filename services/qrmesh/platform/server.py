@@ -1,5 +1,5 @@
 """Server bootstrap for any service: grpc.aio with health, reflection,
-interceptors, database and Redis, and graceful shutdown.
+interceptors, database and Redis, metrics and tracing, and graceful shutdown.
 
 A service describes itself with a `ServiceSpec`; `create_server(settings,
 spec)` builds and binds the server (port 0 picks a free port) and `serve` runs
@@ -29,8 +29,9 @@ from qrmesh.platform.cache import create_redis
 from qrmesh.platform.database import create_engine, migrate
 from qrmesh.platform.errors import Unavailable
 from qrmesh.platform.interceptors import ErrorInterceptor
+from qrmesh.platform.metrics import READINGS, MetricsInterceptor, MetricsServer, pool_readings
 from qrmesh.platform.settings import Settings
-from qrmesh.platform.telemetry import configure_tracing, server_interceptor
+from qrmesh.platform.telemetry import configure_tracing, instrument_engine, instrument_redis, server_interceptor
 
 log = logging.getLogger("qrmesh.server")
 
@@ -57,7 +58,7 @@ class Resources:
     """Run in reverse order on shutdown, after in-flight RPCs, before Redis and the
     database close (stop workers, flush buffers here)."""
     ports: dict[str, int] = field(default_factory=dict)
-    """Extra listening ports a service opened besides gRPC (e.g. "http")."""
+    """Extra listening ports a service opened besides gRPC (e.g. "http"; "metrics" once started)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +107,21 @@ class Server:
         self.port = port
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, grpc_server)
+        self.metrics = MetricsServer()
+        self._unwatch: list[Callable[[], None]] = []
         self._stopped = False
 
     async def start(self) -> None:
-        """Migrate, check dependencies, start serving, then report SERVING."""
+        """Serve /metrics, migrate, check dependencies, start serving, then report SERVING."""
         for name in ("", *self.services):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         resources = self.resources
+        settings = resources.settings
+        resources.ports["metrics"] = await self.metrics.start(
+            settings.metrics_host or settings.host, settings.metrics_port
+        )
         if resources.engine is not None:
+            self._unwatch.append(READINGS.add(pool_readings(self.spec.name, resources.engine)))
             if self.spec.migrations is not None:
                 await migrate(resources.engine, self.spec.migrations, self.spec.name)
             async with resources.engine.connect() as connection:
@@ -125,7 +133,10 @@ class Server:
         await self.grpc.start()
         for name in ("", *self.services):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"port": self.port, "services": ",".join(self.services)})
+        log.info(
+            "serving",
+            extra={"port": self.port, "metrics_port": resources.ports["metrics"], "services": ",".join(self.services)},
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within `grace`, then close resources."""
@@ -140,6 +151,9 @@ class Server:
             await self.resources.redis.aclose()
         if self.resources.engine is not None:
             await self.resources.engine.dispose()
+        for unwatch in self._unwatch:
+            unwatch()
+        await self.metrics.stop()
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
@@ -151,14 +165,23 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     configure_tracing(spec.name, settings.otlp_endpoint)
     # The guard learns its policies once the servicers are registered.
     guard = Guard({}, NoAccess(), service_secret=settings.service_secret)
-    interceptors: list[Any] = [server_interceptor(), ErrorInterceptor(guard if spec.guarded else None)]
+    # Outermost first: metrics time the whole call and see the status the error interceptor chose.
+    interceptors: list[Any] = [
+        MetricsInterceptor(),
+        server_interceptor(),
+        ErrorInterceptor(guard if spec.guarded else None),
+    ]
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     engine = (
         create_engine(settings.database_url, schema=spec.name, pool_size=settings.db_pool_size)
         if spec.uses_database
         else None
     )
+    if engine is not None:
+        instrument_engine(engine, database=spec.name)
     client = create_redis(settings.redis_url) if spec.uses_redis else None
+    if client is not None:
+        instrument_redis(client)
     resources = Resources(settings=settings, engine=engine, redis=client)
     services = spec.register(grpc_server, resources)
     if spec.guarded:

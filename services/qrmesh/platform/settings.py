@@ -82,6 +82,10 @@ class Settings:
     """Connections kept in the database pool (QRMESH_DB_POOL_SIZE)."""
     otlp_endpoint: str | None = None
     """OTLP gRPC endpoint for traces (OTEL_EXPORTER_OTLP_ENDPOINT); no export when unset."""
+    metrics_host: str = ""
+    """Address the Prometheus `/metrics` server binds (QRMESH_METRICS_HOST); empty: the gRPC host."""
+    metrics_port: int = 0
+    """Port of the `/metrics` server (QRMESH_METRICS_PORT, 9464 when unset); 0 picks a free port."""
     identity_address: str = ""
     """host:port of the identity service (QRMESH_IDENTITY_ADDR), for verifying callers."""
     service_secret: str = ""
@@ -108,6 +112,8 @@ class Settings:
             default_deadline=_float(env, "QRMESH_DEFAULT_DEADLINE", 5.0, low=0.05, high=600.0),
             db_pool_size=int_setting(env, "QRMESH_DB_POOL_SIZE", 10, low=1, high=200),
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None,
+            metrics_host=env.get("QRMESH_METRICS_HOST", "").strip(),
+            metrics_port=int_setting(env, "QRMESH_METRICS_PORT", 9464, low=0, high=65535),
             identity_address=env.get("QRMESH_IDENTITY_ADDR", "").strip(),
             service_secret=env.get("QRMESH_SERVICE_SECRET", "").strip(),
             extra={k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)},

@@ -8,6 +8,12 @@ crash, or appended twice, counts once. Entries are acknowledged after the
 commit. Entries another consumer read but never acknowledged (it died) are
 claimed once idle for 30 seconds. Only redirected scans by people count (not
 bots, not pages shown). Counted ids are forgotten after 7 days.
+
+Each batch is a `process scans` span linked to the scans it holds; while
+tracing exports, each scan whose event carries a sampled trace context also
+gets a `count scan` span in that trace, so one trace runs from the scan at
+the edge to its count here. The group's lag and pending count and the
+stream's length are read every few seconds for /metrics (`readings`).
 """
 
 from __future__ import annotations
@@ -17,16 +23,22 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as redis
 from google.protobuf.message import DecodeError
-from redis.exceptions import ResponseError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from qrmesh.platform.errors import InvalidArgument
+from qrmesh.platform.metrics import READINGS
+from qrmesh.platform.telemetry import extract_context, tracing_enabled
 from qrmesh.qr import names, store
 from qrmesh.scans.v1 import scan_event_pb2
 
@@ -42,12 +54,34 @@ KEEP_COUNTED = timedelta(days=7)
 PRUNE_EVERY = 3600.0
 PRUNE_BATCH = 10_000
 RETRY_MAX = 30.0
+WATCH_EVERY = 5.0
+"""Seconds between two readings of the group's lag and pending count."""
+MAX_LINKS = 128
+"""Links a batch span keeps (OpenTelemetry's default limit)."""
 
 Entry = tuple[str, dict[bytes, bytes]]
+Event = scan_event_pb2.ScanEvent
+_tracer = trace.get_tracer("qrmesh.qr.scan_totals")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def decode(entries: Sequence[Entry]) -> list[tuple[str, Event]]:
+    """The ScanEvents of these stream entries, with their entry ids; entries that hold none are
+    skipped (and logged)."""
+    events: list[tuple[str, Event]] = []
+    for entry_id, fields in entries:
+        raw = fields.get(b"event")
+        if raw is None:
+            log.warning("scan entry without an event field", extra={"entry": entry_id})
+            continue
+        try:
+            events.append((entry_id, Event.FromString(raw)))
+        except DecodeError:
+            log.warning("scan entry is not a ScanEvent", extra={"entry": entry_id})
+    return events
 
 
 def counts_for(entries: Sequence[Entry]) -> list[store.ScanCount]:
@@ -56,17 +90,12 @@ def counts_for(entries: Sequence[Entry]) -> list[store.ScanCount]:
     An entry without an event id is counted by its stream id; an entry that is not a
     ScanEvent is skipped (and logged).
     """
+    return _counts(decode(entries))
+
+
+def _counts(events: Sequence[tuple[str, Event]]) -> list[store.ScanCount]:
     grouped: dict[tuple[str, str], list[str]] = {}
-    for entry_id, fields in entries:
-        raw = fields.get(b"event")
-        if raw is None:
-            log.warning("scan entry without an event field", extra={"entry": entry_id})
-            continue
-        try:
-            event = scan_event_pb2.ScanEvent.FromString(raw)
-        except DecodeError:
-            log.warning("scan entry is not a ScanEvent", extra={"entry": entry_id})
-            continue
+    for entry_id, event in events:
         if event.outcome != scan_event_pb2.ScanEvent.REDIRECTED or event.bot or not event.qr_code:
             continue
         try:
@@ -100,20 +129,40 @@ class ScanTotals:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._unwatch: Callable[[], None] | None = None
         self._claimed_at = -1e18
         self._pruned_at = -1e18
+        self.lag: int | None = None
+        """Entries not yet delivered to the group, as last read (None: unknown)."""
+        self.pending: int | None = None
+        """Entries delivered to the group's consumers and not yet acknowledged, as last read."""
+        self.length: int | None = None
+        """Entries in the stream, as last read."""
+        self.processed = 0
+        """Entries this consumer acknowledged."""
+        self.added = 0
+        """Scans this consumer added to codes' counts."""
+        self.failures = 0
+        """Batches that failed (and were retried)."""
 
     async def start(self) -> None:
-        """Start consuming in the background."""
+        """Start consuming in the background, and reading the group's lag for /metrics."""
+        self._unwatch = READINGS.add(self.readings)
         self._task = asyncio.create_task(self._run(), name="qr-scan-totals")
+        self._watcher = asyncio.create_task(self._watch(), name="qr-scan-totals-lag")
 
     async def close(self) -> None:
         """Stop consuming; entries read but not yet acknowledged are delivered again later."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watcher = None
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
 
     async def ensure_group(self) -> None:
         """Create the stream and group if missing; a new group starts at the stream's first entry."""
@@ -135,6 +184,7 @@ class ScanTotals:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep consuming once Redis and the database answer
                 failures += 1
+                self.failures += 1
                 log.warning("counting scans failed", extra={"attempt": failures, "error": repr(exc)})
                 await asyncio.sleep(min(0.5 * 2 ** (failures - 1), RETRY_MAX))
 
@@ -168,13 +218,108 @@ class ScanTotals:
         """Count a batch in one transaction, then acknowledge it; how many scans were added."""
         if not entries:
             return 0
-        counts = counts_for(entries)
-        added = 0
-        if counts:
-            async with self.sessions.begin() as session:
-                added = await store.count_scans(counts, session=session, now=datetime.now(UTC))
-        await self.redis.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
+        events = decode(entries)
+        traced = _traced(events) if tracing_enabled() else []
+        messaging = {
+            "messaging.system": "redis",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": self.stream,
+            "messaging.consumer.group.name": self.group,
+        }
+        with _tracer.start_as_current_span(
+            f"process {self.stream}",
+            kind=SpanKind.CONSUMER,
+            links=[Link(trace.get_current_span(parent).get_span_context()) for _, _, parent in traced[:MAX_LINKS]],
+            attributes={**messaging, "messaging.batch.message_count": len(entries)},
+        ) as batch:
+            link = [Link(batch.get_span_context())]
+            spans = [
+                _tracer.start_span(
+                    "count scan",
+                    context=parent,
+                    kind=SpanKind.CONSUMER,
+                    links=link,
+                    attributes={
+                        **messaging,
+                        "messaging.message.id": entry_id,
+                        "qrmesh.scan.event_id": event.event_id,
+                        "qrmesh.scan.outcome": Event.Outcome.Name(event.outcome),
+                    },
+                )
+                for entry_id, event, parent in traced
+            ]
+            try:
+                counts = _counts(events)
+                added = 0
+                if counts:
+                    async with self.sessions.begin() as session:
+                        added = await store.count_scans(counts, session=session, now=datetime.now(UTC))
+                await self.redis.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
+                batch.set_attribute("qrmesh.scans.added", added)
+            finally:
+                for span in spans:
+                    span.end()
+        self.processed += len(entries)
+        self.added += added
         return added
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.observe()
+            except (RedisError, OSError) as exc:
+                self.lag = self.pending = self.length = None
+                log.debug("cannot read the scan stream's lag", extra={"error": repr(exc)})
+            await asyncio.sleep(WATCH_EVERY)
+
+    async def observe(self) -> None:
+        """Read the group's lag and pending count and the stream's length (shown by `readings`)."""
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:  # no stream yet
+            self.lag, self.pending, self.length = 0, 0, 0
+            return
+        length = await self.redis.xlen(self.stream)
+        for group in groups:
+            if _text(group["name"]) == self.group:
+                lag = group.get("lag")
+                self.lag = None if lag is None else int(lag)
+                self.pending = int(group["pending"])
+                break
+        else:
+            self.lag, self.pending = None, None
+        self.length = int(length)
+
+    def readings(self) -> Iterator[Metric]:
+        """Metrics of this consumer and its group (for `READINGS.add`)."""
+        labels = [self.stream, self.group]
+        for name, documentation, value in (
+            ("qrmesh_stream_lag", "Entries of the stream not yet delivered to the group.", self.lag),
+            ("qrmesh_stream_pending", "Entries delivered to the group's consumers, not acknowledged.", self.pending),
+        ):
+            if value is not None:
+                family = GaugeMetricFamily(name, documentation, labels=["stream", "group"])
+                family.add_metric(labels, value)
+                yield family
+        if self.length is not None:
+            length = GaugeMetricFamily("qrmesh_stream_length", "Entries in the stream.", labels=["stream"])
+            length.add_metric([self.stream], self.length)
+            yield length
+        processed = CounterMetricFamily(
+            "qrmesh_stream_processed", "Entries this process acknowledged.", labels=["stream", "group"]
+        )
+        processed.add_metric(labels, self.processed)
+        yield processed
+        failures = CounterMetricFamily(
+            "qrmesh_stream_failures", "Batches this process failed to process (retried).", labels=["stream", "group"]
+        )
+        failures.add_metric(labels, self.failures)
+        yield failures
+        added = CounterMetricFamily(
+            "qrmesh_qr_scans_counted", "Scans this process added to codes' scan counts.", labels=["stream", "group"]
+        )
+        added.add_metric(labels, self.added)
+        yield added
 
     async def prune(self) -> None:
         """Forget counted event ids older than 7 days (an event is never delivered that late)."""
@@ -184,3 +329,14 @@ class ScanTotals:
                 removed = await store.prune_counted_scans(session=session, before=before, limit=PRUNE_BATCH)
             if removed < PRUNE_BATCH:
                 return
+
+
+def _traced(events: Sequence[tuple[str, Event]]) -> list[tuple[str, Event, otel_context.Context]]:
+    """The events whose trace context is valid and sampled, with that context."""
+    traced = []
+    for entry_id, event in events:
+        if event.traceparent:
+            parent = extract_context(event.traceparent, event.tracestate)
+            if parent is not None and trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+                traced.append((entry_id, event, parent))
+    return traced

@@ -9,12 +9,14 @@ from typing import Any
 import grpc
 from google.api import httpbody_pb2
 from google.protobuf import empty_pb2, timestamp_pb2
+from prometheus_client import Counter
 
 from qrmesh.platform.auth import current_principal
 from qrmesh.platform.errors import PermissionDenied
+from qrmesh.platform.metrics import REGISTRY
 from qrmesh.qr import names, store
 from qrmesh.qr.domain import listing
-from qrmesh.qr.domain.render import render
+from qrmesh.qr.domain.render import Format, Image, render
 from qrmesh.qr.domain.report import Report, check
 from qrmesh.qr.domain.updates import plan_scan_settings_update, plan_update
 from qrmesh.qr.rendering import prepare
@@ -32,6 +34,18 @@ STORED_CACHE_CONTROL = "private, max-age=0, must-revalidate"
 
 _prepare = prepare
 """The payload text, design and options a render request asks for (shared with stored codes)."""
+
+RENDERS = Counter(
+    "qrmesh_qr_renders",
+    "Images rendered, by format and source (request: RenderQrCode, stored: RenderStoredQrCode).",
+    ["format", "source"],
+    registry=REGISTRY,
+)
+
+
+def _counted(image: Image, source: str) -> Image:
+    RENDERS.labels(Format(image.content_type).name.lower(), source).inc()
+    return image
 
 
 def report_to_proto(report: Report) -> qr_code_service_pb2.ScannabilityReport:
@@ -121,7 +135,7 @@ class QrCodeServicer(qr_code_service_pb2_grpc.QrCodeServiceServicer):
         text, design, options = _prepare(request)
         # Rendering is CPU work (up to tens of ms for large styled images): keep
         # the event loop, and with it health checks and other calls, responsive.
-        image = await asyncio.to_thread(render, text, design, options, strict=request.strict)
+        image = _counted(await asyncio.to_thread(render, text, design, options, strict=request.strict), "request")
         await context.send_initial_metadata((("etag", f'"{image.etag}"'), ("cache-control", CACHE_CONTROL)))
         return httpbody_pb2.HttpBody(content_type=image.content_type, data=image.data)
 
@@ -173,7 +187,7 @@ class QrCodeServicer(qr_code_service_pb2_grpc.QrCodeServiceServicer):
     ) -> httpbody_pb2.HttpBody:
         organization, code = _qr_code(request.name, field="name")
         options = svc.RenderQrCodeRequest(format=request.format, size=request.size, dpi=request.dpi)
-        image = await self.codes.render(organization, code, options)
+        image = _counted(await self.codes.render(organization, code, options), "stored")
         await context.send_initial_metadata((("etag", f'"{image.etag}"'), ("cache-control", STORED_CACHE_CONTROL)))
         return httpbody_pb2.HttpBody(content_type=image.content_type, data=image.data)
 

@@ -475,7 +475,8 @@ async def lock_scan_settings(organization_id: str, *, session: AsyncSession) -> 
 
 async def count_scans(counts: Sequence[ScanCount], *, session: AsyncSession, now: datetime) -> int:
     """Add each code's scans whose event ids were never counted before; how many were added."""
-    event_ids = list(dict.fromkeys(event for count in counts for event in count.event_ids))
+    # Sorted, as are the rows below: two consumers always lock in the same order (no deadlocks).
+    event_ids = sorted(set(event for count in counts for event in count.event_ids))
     if not event_ids:
         return 0
     fresh_rows = await session.execute(
@@ -494,10 +495,20 @@ async def count_scans(counts: Sequence[ScanCount], *, session: AsyncSession, now
                 fresh.discard(event)
                 code = (count.organization_id, count.qr_code_id)
                 totals[code] = totals.get(code, 0) + 1
-    organizations = [organization for organization, _ in totals]
-    ids = [code for _, code in totals]
-    amounts = list(totals.values())
+    ordered = sorted(totals.items())
+    organizations = [organization for (organization, _), _ in ordered]
+    ids = [code for (_, code), _ in ordered]
+    amounts = [amount for _, amount in ordered]
     if ids:
+        await session.execute(
+            sa.text(
+                "SELECT 1 FROM qr.qr_codes AS q "
+                "JOIN unnest(CAST(:organizations AS text[]), CAST(:ids AS text[])) AS v(organization_id, id) "
+                "ON q.id = v.id AND q.organization_id = v.organization_id "
+                "ORDER BY q.organization_id, q.id FOR UPDATE OF q"
+            ),
+            {"organizations": organizations, "ids": ids},
+        )
         await session.execute(
             sa.text(
                 "UPDATE qr.qr_codes AS q SET scan_count = q.scan_count + v.amount "

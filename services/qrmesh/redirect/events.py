@@ -503,6 +503,8 @@ class ScanRecorder:
 
     def _overflow(self) -> None:
         """The buffer reached max_buffer: spool it now instead of waiting for a slow Redis."""
+        if self._stopping:
+            return  # close() is draining the buffer itself; a late spill could miss the I/O thread
         if self._spilling is not None and not self._spilling.done():
             return
         batch = self._take()

@@ -5,6 +5,12 @@ a scan of a cached link is answered synchronously inside `data_received`, with
 no task, no await and no network round trip; its event goes into the
 recorder's buffer. Only a cache miss, a password or a scan limit take the slow
 (async) path. Responses go out in request order on each keep-alive connection.
+
+Metrics cost the hot path a few plain-int additions: outcomes are counted in a
+list, latencies in `Buckets`, and both are read at scrape time. A scan gets a
+span of its own only while tracing exports (`tracing_enabled()`); the scan's
+event then carries that span's context, so the stream's consumers continue the
+trace. Otherwise the event carries the `traceparent` the request came with.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import ipaddress
 import logging
 import time
 import urllib.parse
@@ -23,9 +31,14 @@ from typing import Any
 
 import httptools
 import redis.asyncio as redis
+from google.protobuf import timestamp_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import RedisError
 
 from qrmesh.platform.errors import Unavailable
+from qrmesh.platform.metrics import Buckets
+from qrmesh.platform.telemetry import extract_context, tracing_enabled, w3c_headers
 from qrmesh.redirect.config import RedirectConfig
 from qrmesh.redirect.domain import pages
 from qrmesh.redirect.domain.agent import Agent, classify
@@ -49,6 +62,7 @@ _WANTED = frozenset(
 )
 _MAX_BODY = 8 * 1024
 _MAX_URL = 4 * 1024
+_MAX_HEADERS = 32 * 1024
 _CODE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _REASONS = {
     200: "OK",
@@ -64,6 +78,9 @@ _REASONS = {
     405: "Method Not Allowed",
     410: "Gone",
     413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     423: "Locked",
     429: "Too Many Requests",
     451: "Unavailable For Legal Reasons",
@@ -82,6 +99,8 @@ _UNAVAILABLE_BODY = (
     b"<title>Try again</title><p>This code cannot be opened right now. Please try again in a moment.</p>"
 )
 _PASSWORD_WINDOW = 900
+_MAX_VERIFYING = 4
+"""Password checks (argon2: ~19 MiB and a few ms of CPU each) running at once; more get 503."""
 
 
 class _Date:
@@ -146,7 +165,7 @@ def page_response(
 class Request:
     """One parsed request."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "peer", "query")
+    __slots__ = ("__dict__", "body", "headers", "keep_alive", "method", "path", "peer", "query", "span")
 
     def __init__(
         self,
@@ -165,6 +184,8 @@ class Request:
         self.body = body
         self.keep_alive = keep_alive
         self.peer = peer
+        self.span: trace.Span | None = None
+        """The scan's span while tracing exports."""
 
     def header(self, name: bytes, limit: int) -> str:
         value = self.headers.get(name)
@@ -172,10 +193,14 @@ class Request:
             return ""
         return value[:limit].decode("utf-8", "replace")
 
-    @property
+    @functools.cached_property
+    def user_agent(self) -> str:
+        return self.header(b"user-agent", 512)
+
+    @functools.cached_property
     def client_ip(self) -> str:
         forwarded = self.headers.get(CLIENT_IP_HEADER)
-        if forwarded:
+        if forwarded and _trusted_peer(self.peer):
             return forwarded[:64].decode("ascii", "replace").strip()
         return self.peer
 
@@ -201,7 +226,16 @@ class ScanApp:
         self.serving = True
         self._local_attempts: dict[str, tuple[int, float]] = {}
         self._exhausted: set[tuple[str, int]] = set()
+        self._verifying = 0
         self.answered = 0
+        self.outcomes = [0] * (max(Outcome.values()) + 1)
+        """Scans recorded, by outcome number."""
+        self.fast_latency = Buckets()
+        """Seconds to answer scans answered at once (from memory)."""
+        self.slow_latency = Buckets()
+        """Seconds to answer scans that waited (Redis, the qr service, a password check)."""
+        self.tracing = tracing_enabled()
+        self._tracer = trace.get_tracer("qrmesh.redirect")
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -226,7 +260,7 @@ class ScanApp:
         gated = link.gate(now)
         if gated is not None:
             return self._decided(request, code, link, gated, self._agent(request), now)
-        if link.password_hash or (link.max_scans and not self._is_bot(request)):
+        if link.password_hash or link.max_scans:
             return None
         agent = self._agent(request)
         decision = link.route(self._visit(request, code, agent, now))
@@ -268,7 +302,9 @@ class ScanApp:
             refused = await self._check_password(request, code, link, agent, now)
             if refused is not None:
                 return refused
-        if link.max_scans and not self._is_bot(request):
+        # Every redirect of a limited code is claimed, bots' and HEAD's too: otherwise a
+        # preview bot, curl or HEAD could read the destination after the limit.
+        if link.max_scans:
             if (code, link.version) in self._exhausted:
                 return self._decided(request, code, link, link.limit_reached(), agent, now)
             try:
@@ -287,6 +323,32 @@ class ScanApp:
             decision = Decision(decision.outcome, 303, decision.url, decision.page, decision.matched_rule)
         return self._decided(request, code, link, decision, agent, now)
 
+    # -- telemetry -----------------------------------------------------------------------------
+
+    def open_span(self, request: Request) -> None:
+        """Start the scan's span, a child of the request's `traceparent` when it has one."""
+        parent = None
+        if b"traceparent" in request.headers:
+            parent = extract_context(request.header(b"traceparent", 64), request.header(b"tracestate", 256))
+        method = request.method.decode("ascii", "replace")
+        request.span = self._tracer.start_span(
+            f"{method} /r/{{code}}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "http.route": "/r/{code}", "url.path": request.path[:128]},
+        )
+
+    def answered_in(self, request: Request, answer: bytes, started: float, *, slow: bool) -> None:
+        """Count a scan's latency and end its span (`answer` is the whole response)."""
+        (self.slow_latency if slow else self.fast_latency).observe(time.perf_counter() - started)
+        span = request.span
+        if span is not None:
+            status = int(answer[9:12])
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            span.end()
+
     # -- pieces --------------------------------------------------------------------------------
 
     def _other(self, request: Request) -> bytes:
@@ -297,11 +359,11 @@ class ScanApp:
         return page_response(404, b"not found\n", keep_alive=request.keep_alive, head=head, html=False)
 
     def _is_bot(self, request: Request) -> bool:
-        return request.method == b"HEAD" or classify(request.header(b"user-agent", 512)).bot
+        return request.method == b"HEAD" or classify(request.user_agent).bot
 
     @staticmethod
     def _agent(request: Request) -> Agent:
-        return classify(request.header(b"user-agent", 512))
+        return classify(request.user_agent)
 
     def _visit(self, request: Request, code: str, agent: Agent, now: datetime) -> Visit:
         ip = request.client_ip
@@ -312,7 +374,7 @@ class ScanApp:
             country=self.countries.country(ip),
             languages=preferred_languages(request.header(b"accept-language", 512)),
             query=request.query,
-            sticky=sticky_bucket(self.secret, code, ip, request.header(b"user-agent", 512)),
+            sticky=sticky_bucket(self.secret, code, ip, request.user_agent),
         )
 
     def _decided(
@@ -363,27 +425,38 @@ class ScanApp:
     async def _check_password(
         self, request: Request, code: str, link: CompiledLink, agent: Agent, now: datetime
     ) -> bytes | None:
-        key = f"qrmesh:password-attempts:{code}:{request.client_ip}"
+        key = f"qrmesh:password-attempts:{code}:{_throttle_address(request.client_ip)}"
+        code_key = f"qrmesh:password-failures:{code}"
+        limit = self.config.password_attempts
         attempts = await self._attempt(key)
-        if attempts > self.config.password_attempts:
+        # Also a cap per code, on failures from everywhere: many addresses cannot guess a short PIN.
+        failures = await self._attempt(code_key, by=0)
+        if attempts > limit or failures > limit * 20:
             return self._page(
                 request, code, link, "throttled", Outcome.PASSWORD_THROTTLED, agent, now, extra=b"Retry-After: 900\r\n"
             )
         password = _form_field(request, "password")
-        right = bool(password) and await asyncio.to_thread(_verify, link.password_hash, password)
+        if self._verifying >= _MAX_VERIFYING:
+            return self._unavailable(request)  # argon2 takes memory and CPU: a few at a time
+        self._verifying += 1
+        try:
+            right = bool(password) and await asyncio.to_thread(_verify, link.password_hash, password)
+        finally:
+            self._verifying -= 1
         if right:
             await self._forget_attempts(key)
             return None
+        await self._attempt(code_key)
         return self._page(
             request, code, link, "password", Outcome.PASSWORD_REJECTED, agent, now, error="That password is not right."
         )
 
-    async def _attempt(self, key: str) -> int:
-        """Count one password attempt for this code and address; the count within the window."""
+    async def _attempt(self, key: str, by: int = 1) -> int:
+        """Count `by` password attempts under `key`; the count within the window."""
         if self.throttle_redis is not None:
             try:
                 async with self.throttle_redis.pipeline(transaction=True) as pipe:
-                    pipe.incr(key)
+                    pipe.incrby(key, by)
                     pipe.expire(key, _PASSWORD_WINDOW, nx=True)
                     count, _ = await asyncio.wait_for(pipe.execute(), 0.5)
                 return int(count)
@@ -394,10 +467,14 @@ class ScanApp:
         count, until = self._local_attempts.get(key, (0, now + _PASSWORD_WINDOW))
         if until < now:
             count, until = 0, now + _PASSWORD_WINDOW
-        self._local_attempts[key] = (count + 1, until)
+        self._local_attempts[key] = (count + by, until)
         if len(self._local_attempts) > 100_000:
-            self._local_attempts.clear()
-        return count + 1
+            # Full: drop the expired; if nothing expired, the oldest half (never all of it).
+            alive = {k: v for k, v in self._local_attempts.items() if v[1] >= now}
+            if len(alive) > 50_000:
+                alive = dict(list(alive.items())[-50_000:])
+            self._local_attempts = alive
+        return count + by
 
     async def _forget_attempts(self, key: str) -> None:
         self._local_attempts.pop(key, None)
@@ -417,9 +494,18 @@ class ScanApp:
         now: datetime,
     ) -> None:
         ip = request.client_ip
-        user_agent = request.header(b"user-agent", 512)
+        user_agent = request.user_agent
+        stamp = now.timestamp()
+        seconds = int(stamp)
+        span = request.span
+        if span is not None and span.is_recording():
+            span.set_attribute("qrmesh.scan.outcome", Outcome.Name(outcome))  # type: ignore[arg-type]
+            traceparent, tracestate = w3c_headers(span.get_span_context())
+        else:
+            traceparent, tracestate = request.header(b"traceparent", 64), request.header(b"tracestate", 256)
         event = scan_event_pb2.ScanEvent(
             event_id=uuid7(),
+            time=timestamp_pb2.Timestamp(seconds=seconds, nanos=int((stamp - seconds) * 1e9)),
             short_code=code,
             outcome=outcome,  # type: ignore[arg-type]
             destination_url=url,
@@ -433,19 +519,51 @@ class ScanApp:
             bot=agent.bot or request.method == b"HEAD",
             method=request.method.decode("ascii", "replace"),
             query=request.query[:512],
-            traceparent=request.header(b"traceparent", 64),
-            tracestate=request.header(b"tracestate", 256),
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
-        event.time.FromDatetime(now)
         if link is not None:
             event.qr_code = link.qr_code
             event.organization = link.organization
         self.recorder.record(event)
         self.answered += 1
+        self.outcomes[outcome] += 1
 
 
 def _verify(password_hash: str, password: str) -> bool:
     return verify_password(password_hash, password)
+
+
+# Who may tell us the client's address: the edge, which reaches the redirect over loopback or
+# a private network (in Kubernetes a NetworkPolicy lets only Envoy in). Anyone else is the client.
+_TRUSTED_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+@lru_cache(maxsize=4096)
+def _trusted_peer(peer: str) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _TRUSTED_NETWORKS)
+
+
+def _throttle_address(ip: str) -> str:
+    """The unit password guesses are counted per: an IPv4 address, or an IPv6 /64 (one subscriber)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _valid_code(code: str) -> bool:
@@ -470,6 +588,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_busy",
+        "_header_bytes",
         "_headers",
         "_queue",
         "_url",
@@ -490,6 +609,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body = b""
+        self._header_bytes = 0
         self._queue: collections.deque[Request] = collections.deque()
         self._busy = False
         self.closed = False
@@ -510,13 +630,19 @@ class HttpProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, b"upgrades are not supported\n")
-        except httptools.HttpParserError:
-            self._fail(400, b"malformed request\n")
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raises; a size limit keeps its own answer.
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, _TooLarge):
+                self._fail(cause.status, cause.message)
+            else:
+                self._fail(400, b"malformed request\n")
         except _TooLarge as exc:
             self._fail(exc.status, exc.message)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self._header_bytes = 0
         self._url = b""
         self._headers = {}
         self._body = b""
@@ -527,6 +653,9 @@ class HttpProtocol(asyncio.Protocol):
             raise _TooLarge(414, b"the link is too long\n")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > _MAX_HEADERS:
+            raise _TooLarge(431, b"the request headers are too large\n")
         name = name.lower()
         if name in _WANTED and name not in self._headers:
             self._headers[name] = value
@@ -537,6 +666,8 @@ class HttpProtocol(asyncio.Protocol):
             raise _TooLarge(413, b"the request body is too large\n")
 
     def on_message_complete(self) -> None:
+        if self.closed:
+            return  # the connection is closing: later pipelined requests get no answer, so no scan
         raw = self._url
         path, _, query = raw.partition(b"?")
         fragment = query.find(b"#")
@@ -558,26 +689,41 @@ class HttpProtocol(asyncio.Protocol):
 
     # answering
     def _serve(self, request: Request) -> None:
+        app = self.app
+        started = time.perf_counter()
+        scan = request.path.startswith("/r/")
+        if scan and app.tracing:
+            app.open_span(request)
         try:
-            answer = self.app.answer_now(request)
+            answer = app.answer_now(request)
         except Exception:
             log.exception("scan failed")
             answer = page_response(500, b"internal error\n", keep_alive=False, head=False, html=False)
         if answer is not None:
+            if scan:
+                app.answered_in(request, answer, started, slow=False)
             self._write(answer, request.keep_alive)
             return
         self._busy = True
         if self.transport is not None:
             self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._serve_slow(request))
+        task = asyncio.get_running_loop().create_task(self._serve_slow(request, started, scan))
         task.add_done_callback(_log_failure)
 
-    async def _serve_slow(self, request: Request) -> None:
+    async def _serve_slow(self, request: Request, started: float, scan: bool) -> None:
+        span = request.span
         try:
-            answer = await self.app.answer(request)
+            if span is None:
+                answer = await self.app.answer(request)
+            else:
+                # Calls made while answering (Redis, the qr service) become the span's children.
+                with trace.use_span(span, end_on_exit=False):
+                    answer = await self.app.answer(request)
         except Exception:
             log.exception("scan failed")
             answer = page_response(500, b"internal error\n", keep_alive=False, head=False, html=False)
+        if scan:
+            self.app.answered_in(request, answer, started, slow=True)
         self._busy = False
         if self.closed:
             return

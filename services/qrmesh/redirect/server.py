@@ -5,10 +5,12 @@ reflection only: nothing calls it by RPC."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from qrmesh.platform.metrics import READINGS, histogram
 from qrmesh.platform.server import Resources, Server, ServiceSpec
 from qrmesh.platform.server import create_server as _create_server
 from qrmesh.platform.settings import Settings
@@ -16,8 +18,10 @@ from qrmesh.redirect.config import RedirectConfig
 from qrmesh.redirect.events import ScanRecorder
 from qrmesh.redirect.http import HttpServer, ScanApp
 from qrmesh.redirect.resolver import LinkResolver
+from qrmesh.scans.v1 import scan_event_pb2
 
 GRPC_SERVICES: list[str] = []
+_OUTCOMES = {number: name.lower() for name, number in scan_event_pb2.ScanEvent.Outcome.items() if number}
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -27,6 +31,55 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.bind((host.strip("[]"), port))
     sock.setblocking(False)
     return sock
+
+
+def readings(app: ScanApp, recorder: ScanRecorder, resolver: LinkResolver) -> Iterator[Metric]:
+    """The redirect's metrics, read from the counters it keeps anyway (scrape time only)."""
+    scans = CounterMetricFamily("qrmesh_redirect_scans", "Scans answered, by outcome.", labels=["outcome"])
+    for number, name in _OUTCOMES.items():
+        scans.add_metric([name], app.outcomes[number])
+    yield scans
+    yield histogram(
+        "qrmesh_redirect_request_duration_seconds",
+        "Seconds from a scan's request to its answer; path=fast: answered from memory at once, "
+        "slow: waited for Redis, the qr service or a password check.",
+        "path",
+        {"fast": app.fast_latency, "slow": app.slow_latency},
+    )
+    lookups = CounterMetricFamily(
+        "qrmesh_redirect_link_lookups", "Links found, by where: memory, redis or the qr service.", labels=["source"]
+    )
+    for source, count in resolver.lookups.items():
+        lookups.add_metric([source], count)
+    yield lookups
+    stats = recorder.stats
+    events = CounterMetricFamily(
+        "qrmesh_redirect_scan_events",
+        "Scan events by what happened to them: recorded (buffered), written to the stream, spooled to disk, "
+        "replayed from the spool, dropped.",
+        labels=["result"],
+    )
+    for result, count in (
+        ("recorded", stats.recorded),
+        ("written", stats.written),
+        ("spooled", stats.spooled),
+        ("replayed", stats.replayed),
+        ("dropped", stats.dropped),
+    ):
+        events.add_metric([result], count)
+    yield events
+    yield GaugeMetricFamily("qrmesh_redirect_scan_events_buffered", "Scan events waiting in memory.", stats.buffered)
+    yield GaugeMetricFamily(
+        "qrmesh_redirect_spool_files", "Spool files waiting to be replayed into the stream.", stats.spool_files
+    )
+    yield CounterMetricFamily(
+        "qrmesh_redirect_stream_writes", "Batches of scan events sent to Redis, one round trip each.", stats.round_trips
+    )
+    yield GaugeMetricFamily(
+        "qrmesh_redirect_redis_available",
+        "1 while Redis takes scan events, 0 while they go to the spool.",
+        1 if recorder.redis_available else 0,
+    )
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
@@ -46,7 +99,10 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     http = HttpServer(app, _listen(config.http_host, config.http_port))
     resources.ports["http"] = http.port
 
+    unwatch: list[Callable[[], None]] = []
+
     async def start() -> None:
+        unwatch.append(READINGS.add(lambda: readings(app, recorder, resolver)))
         await recorder.start()
         await resolver.start()
         await http.start()
@@ -54,9 +110,14 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     async def stop_http() -> None:
         await http.stop(settings.shutdown_grace)
 
+    async def stop_metrics() -> None:
+        while unwatch:
+            unwatch.pop()()
+
     resources.on_start.append(start)
-    # on_close runs in reverse: stop answering, then stop resolving, then flush every recorded scan.
-    resources.on_close.extend([recorder.close, resolver.close, stop_http])
+    # on_close runs in reverse: stop answering, then stop resolving, then flush every recorded scan, then
+    # stop reporting.
+    resources.on_close.extend([stop_metrics, recorder.close, resolver.close, stop_http])
     return GRPC_SERVICES
 
 
