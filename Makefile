@@ -75,6 +75,11 @@ run: $(INSTALLED) ## Start PostgreSQL, Valkey, every service and Envoy; Ctrl-C s
 envoy-config: $(INSTALLED) ## Print the local Envoy configuration
 	$(BIN)/qrmesh envoy-config
 
+.PHONY: helm
+helm: $(INSTALLED) ## Regenerate the chart's Envoy config; lint, render and validate the chart and the Dockerfile
+	$(BIN)/python tools/helm_check.py --write
+	$(BIN)/python tools/dockerfile_check.py
+
 .PHONY: ci
 ci: check-gen lint test ## What CI runs after installing
 
