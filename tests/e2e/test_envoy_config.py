@@ -66,7 +66,8 @@ def test_scans_go_to_the_redirect_over_http_with_the_client_address() -> None:
     assert manager["xff_num_trusted_hops"] == 1
     route = next(r for r in manager["route_config"]["virtual_hosts"][0]["routes"] if r["match"].get("prefix") == "/r/")
     assert route["route"]["cluster"] == "redirect-http"
-    assert "retry_policy" not in route["route"]
+    # Only retries that cannot count a scan twice: the request never reached a redirect.
+    assert route["route"]["retry_policy"]["retry_on"] == "connect-failure,refused-stream"
     header = route["request_headers_to_add"][0]["header"]
     assert header == {"key": "x-qrmesh-client-ip", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
     cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "redirect-http")
