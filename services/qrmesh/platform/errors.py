@@ -86,6 +86,13 @@ class FailedPrecondition(QrmeshError):
     default_reason = "FAILED_PRECONDITION"
 
 
+class Aborted(QrmeshError):
+    """The request lost a race with another change (e.g. a stale etag); read again and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
 class Unauthenticated(QrmeshError):
     """No valid credentials were presented."""
 

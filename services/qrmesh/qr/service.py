@@ -20,13 +20,12 @@ from argon2 import PasswordHasher
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from qrmesh.platform.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from qrmesh.platform.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unavailable
 from qrmesh.qr import links, names, store
 from qrmesh.qr.domain import ids, labels, listing, shortcodes
 from qrmesh.qr.domain.link_rules import check_password, merge_rules, normalize_rules
 from qrmesh.qr.domain.render import Image, render
 from qrmesh.qr.domain.updates import UpdatePlan, password_change
-from qrmesh.qr.errors import Aborted
 from qrmesh.qr.link_publisher import LinkPublisher, link_from_row
 from qrmesh.qr.rendering import check_renderable, prefixed, prepare
 from qrmesh.qr.v1 import design_pb2, qr_code_pb2, qr_code_service_pb2, stored_qr_code_pb2

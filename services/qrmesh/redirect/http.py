@@ -227,7 +227,6 @@ class ScanApp:
         self._local_attempts: dict[str, tuple[int, float]] = {}
         self._exhausted: set[tuple[str, int]] = set()
         self._verifying = 0
-        self.answered = 0
         self.outcomes = [0] * (max(Outcome.values()) + 1)
         """Scans recorded, by outcome number."""
         self.fast_latency = Buckets()
@@ -267,10 +266,8 @@ class ScanApp:
         return self._decided(request, code, link, decision, agent, now)
 
     async def answer(self, request: Request) -> bytes:
-        """Any request, waiting for the qr service, Redis or a password check when needed."""
-        quick = self.answer_now(request)
-        if quick is not None:
-            return quick
+        """A scan `answer_now` could not answer (it returned None): it waits for the qr service,
+        Redis or a password check."""
         code = request.path[3:]
         head = request.method == b"HEAD"
         if not _valid_code(code):
@@ -357,9 +354,6 @@ class ScanApp:
             status, body = (200, b"ok\n") if self.serving else (503, b"shutting down\n")
             return page_response(status, body, keep_alive=request.keep_alive, head=head, html=False)
         return page_response(404, b"not found\n", keep_alive=request.keep_alive, head=head, html=False)
-
-    def _is_bot(self, request: Request) -> bool:
-        return request.method == b"HEAD" or classify(request.user_agent).bot
 
     @staticmethod
     def _agent(request: Request) -> Agent:
@@ -526,7 +520,6 @@ class ScanApp:
             event.qr_code = link.qr_code
             event.organization = link.organization
         self.recorder.record(event)
-        self.answered += 1
         self.outcomes[outcome] += 1
 
 
