@@ -694,3 +694,95 @@ class ClaimScanResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimScanResponse: _TypeAlias = ClaimScanResponse  # noqa: Y015
+
+@_typing.final
+class ListCodesInScopeRequest(_message.Message):
+    """ListCodesInScopeRequest names a set of an organization's codes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    FOLDER_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    organization: _builtins.str
+    """`organizations/{organization}`."""
+    folder: _builtins.str
+    """Only codes in this folder (and its subfolders); any folder when empty."""
+    tag: _builtins.str
+    """Only codes with this tag; any tags when empty."""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these codes (names), to learn their display names; all when empty."""
+
+    def __init__(
+        self,
+        *,
+        organization: _builtins.str = ...,
+        folder: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folder", b"folder", "names", b"names", "organization", b"organization", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCodesInScopeRequest: _TypeAlias = ListCodesInScopeRequest  # noqa: Y015
+
+@_typing.final
+class ListCodesInScopeResponse(_message.Message):
+    """ListCodesInScopeResponse is the codes in a scope."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CodeRef(_message.Message):
+        """CodeRef is one code."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+        SHORT_CODE_FIELD_NUMBER: _builtins.int
+        DELETED_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        """`organizations/{organization}/qrCodes/{qr_code}`."""
+        display_name: _builtins.str
+        """The code's display name."""
+        short_code: _builtins.str
+        """The code's short code; empty for a static code."""
+        deleted: _builtins.bool
+        """True when the code was deleted (its scans still count)."""
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            display_name: _builtins.str = ...,
+            short_code: _builtins.str = ...,
+            deleted: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "display_name", b"display_name", "name", b"name", "short_code", b"short_code"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def codes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ListCodesInScopeResponse.CodeRef]:
+        """The codes, oldest first (at most 100,000)."""
+
+    def __init__(
+        self,
+        *,
+        codes: _abc.Iterable[Global___ListCodesInScopeResponse.CodeRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codes", b"codes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCodesInScopeResponse: _TypeAlias = ListCodesInScopeResponse  # noqa: Y015

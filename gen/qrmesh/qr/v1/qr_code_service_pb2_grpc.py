@@ -532,6 +532,11 @@ class LinkServiceStub:
                 request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.SerializeToString,
                 response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.FromString,
                 _registered_method=True)
+        self.ListCodesInScope = channel.unary_unary(
+                '/qrmesh.qr.v1.LinkService/ListCodesInScope',
+                request_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeRequest.SerializeToString,
+                response_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeResponse.FromString,
+                _registered_method=True)
 
 
 class LinkServiceServicer:
@@ -554,6 +559,15 @@ class LinkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCodesInScope(self, request, context):
+        """The codes of an organization in a folder (with its subfolders) and/or
+        with a tag, deleted ones included, for other services that scope by
+        them (analytics).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LinkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -566,6 +580,11 @@ def add_LinkServiceServicer_to_server(servicer, server):
                     servicer.ClaimScan,
                     request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.FromString,
                     response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.SerializeToString,
+            ),
+            'ListCodesInScope': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCodesInScope,
+                    request_deserializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeRequest.FromString,
+                    response_serializer=qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +643,33 @@ class LinkService:
             '/qrmesh.qr.v1.LinkService/ClaimScan',
             qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanRequest.SerializeToString,
             qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ClaimScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCodesInScope(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qrmesh.qr.v1.LinkService/ListCodesInScope',
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeRequest.SerializeToString,
+            qrmesh_dot_qr_dot_v1_dot_qr__code__service__pb2.ListCodesInScopeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -237,6 +237,11 @@ class LinkServiceStub:
     """Counts one scan against a code's `max_scans`, exactly, even when many
     scans race: `allowed` is false once the limit is reached.
     """
+    ListCodesInScope: _grpc.UnaryUnaryMultiCallable[_qr_code_service_pb2.ListCodesInScopeRequest, _qr_code_service_pb2.ListCodesInScopeResponse]
+    """The codes of an organization in a folder (with its subfolders) and/or
+    with a tag, deleted ones included, for other services that scope by
+    them (analytics).
+    """
 
 @_typing.type_check_only
 class LinkServiceAsyncStub(LinkServiceStub):
@@ -250,6 +255,11 @@ class LinkServiceAsyncStub(LinkServiceStub):
     ClaimScan: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.ClaimScanRequest, _qr_code_service_pb2.ClaimScanResponse]  # type: ignore[assignment]
     """Counts one scan against a code's `max_scans`, exactly, even when many
     scans race: `allowed` is false once the limit is reached.
+    """
+    ListCodesInScope: _aio.UnaryUnaryMultiCallable[_qr_code_service_pb2.ListCodesInScopeRequest, _qr_code_service_pb2.ListCodesInScopeResponse]  # type: ignore[assignment]
+    """The codes of an organization in a folder (with its subfolders) and/or
+    with a tag, deleted ones included, for other services that scope by
+    them (analytics).
     """
 
 class LinkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -273,6 +283,17 @@ class LinkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_qr_code_service_pb2.ClaimScanResponse, _abc.Awaitable[_qr_code_service_pb2.ClaimScanResponse]]:
         """Counts one scan against a code's `max_scans`, exactly, even when many
         scans race: `allowed` is false once the limit is reached.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCodesInScope(
+        self,
+        request: _qr_code_service_pb2.ListCodesInScopeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_qr_code_service_pb2.ListCodesInScopeResponse, _abc.Awaitable[_qr_code_service_pb2.ListCodesInScopeResponse]]:
+        """The codes of an organization in a folder (with its subfolders) and/or
+        with a tag, deleted ones included, for other services that scope by
+        them (analytics).
         """
 
 def add_LinkServiceServicer_to_server(servicer: LinkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
