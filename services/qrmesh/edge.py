@@ -61,6 +61,11 @@ class Upstream:
         return idempotent_methods(self.routed_services)
 
     @property
+    def streaming_methods(self) -> list[str]:
+        """`package.Service/Method` of every server-streaming RPC (live feeds, exports)."""
+        return streaming_methods(self.routed_services)
+
+    @property
     def routed_services(self) -> list[str]:
         """The gRPC services the edge exposes: all but those whose every RPC is internal."""
         return [name for name in self.grpc_services if not internal_only(name)]
@@ -82,15 +87,26 @@ def internal_only(service: str) -> bool:
 
 
 def idempotent_methods(grpc_services: Sequence[str]) -> list[str]:
-    """Methods of these services whose HTTP rule is a GET."""
+    """Methods of these services whose HTTP rule is a GET (server streams aside: they have their own route)."""
     pool = descriptor_pool.Default()
     found = []
     for name in grpc_services:
         for method in pool.FindServiceByName(name).methods:
             rule = method.GetOptions().Extensions[annotations_pb2.http]
-            if rule.WhichOneof("pattern") == "get":
+            if rule.WhichOneof("pattern") == "get" and not method.server_streaming:
                 found.append(f"{name}/{method.name}")
     return found
+
+
+def streaming_methods(grpc_services: Sequence[str]) -> list[str]:
+    """Methods of these services that answer with a stream."""
+    pool = descriptor_pool.Default()
+    return [
+        f"{name}/{method.name}"
+        for name in grpc_services
+        for method in pool.FindServiceByName(name).methods
+        if method.server_streaming
+    ]
 
 
 def docs_dir() -> Path:

@@ -261,3 +261,39 @@ async def test_an_unknown_kid_asks_for_fresh_keys(guard: Guard) -> None:
     # Known keys need no refresh.
     await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {rotated}"))  # type: ignore[arg-type]
     assert backend(guard).refreshes == 2
+
+
+async def test_a_verified_token_is_remembered_until_it_expires_or_its_key_goes(
+    guard: Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend(guard).roles[(ORG, "users/u1")] = Role.VIEWER
+    good = token(exp=60)
+    context = Context(authorization=f"Bearer {good}")
+    verified = 0
+    real_decode = jwt.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal verified
+        verified += 1
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting_decode)
+    for _ in range(3):
+        await guard.check(LIST_MEMBERS, list_members(), context)  # type: ignore[arg-type]
+    assert verified == 1  # the signature is checked once per token
+    assert current_principal().user == "users/u1"
+
+    # Past its lifetime (and the leeway) by the guard's clock, the token is verified again
+    # (the library's own clock decides then whether it has expired).
+    later = time.time() + 60 + 31
+    monkeypatch.setattr(time, "time", lambda: later)
+    await guard.check(LIST_MEMBERS, list_members(), context)  # type: ignore[arg-type]
+    assert verified == 2
+    monkeypatch.undo()
+
+    # A withdrawn signing key ends what was remembered under it.
+    fresh = token()
+    await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {fresh}"))  # type: ignore[arg-type]
+    del backend(guard).keys["k1"]
+    with pytest.raises(Unauthenticated):
+        await guard.check(LIST_MEMBERS, list_members(), Context(authorization=f"Bearer {fresh}"))  # type: ignore[arg-type]

@@ -267,6 +267,12 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
     return out
 
 
+_LEEWAY = 30
+"""Seconds of clock skew allowed around a token's times."""
+_VERIFIED_TOKENS = 10_000
+"""Verified access tokens remembered per process."""
+
+
 class Guard:
     """Authenticates and authorizes each call according to its method's policy."""
 
@@ -276,6 +282,9 @@ class Guard:
         self.policies = dict(policies)
         self.backend = backend
         self.service_secret = service_secret
+        self._verified: dict[str, tuple[Principal, str, float]] = {}
+        """Access tokens already verified: token -> (principal, signing key id, accepted until). A client
+        sends the same token with every call until it refreshes; the signature is checked once."""
 
     def guards(self, method: str) -> bool:
         """Whether `method` is one of ours (health and reflection are not)."""
@@ -336,6 +345,13 @@ class Guard:
         return await self._verify_jwt(token)
 
     async def _verify_jwt(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, cached_kid, until = cached
+            # Still within its lifetime, and its key not withdrawn since.
+            if time.time() < until and cached_kid in await self.backend.public_keys():
+                return principal
+            del self._verified[token]
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -357,7 +373,7 @@ class Guard:
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
                 issuer=ISSUER,
-                leeway=30,
+                leeway=_LEEWAY,
                 options={"require": ["exp", "iat", "sub", "jti"]},
             )
         except jwt.ExpiredSignatureError:
@@ -368,7 +384,13 @@ class Guard:
         if not isinstance(subject, str) or not subject.startswith("users/"):
             raise Unauthenticated("the access token names no user", reason="INVALID_TOKEN")
         session = claims.get("sid")
-        return Principal(kind=PrincipalKind.USER, user=subject, session=session if isinstance(session, str) else None)
+        principal = Principal(
+            kind=PrincipalKind.USER, user=subject, session=session if isinstance(session, str) else None
+        )
+        if len(self._verified) >= _VERIFIED_TOKENS:
+            self._verified.pop(next(iter(self._verified)))  # the oldest
+        self._verified[token] = (principal, kid, float(claims["exp"]) + _LEEWAY)
+        return principal
 
     async def _authorize(self, caller: Principal, organization: str, rule: policy_pb2.OrganizationAccess) -> Principal:
         denied = PermissionDenied(

@@ -1,16 +1,20 @@
 """Server and client interceptors shared by every service.
 
-- `ErrorInterceptor`: validates each request against the rules in its proto,
-  and maps typed domain errors (and anything unexpected) to a gRPC status with
-  `google.rpc.ErrorInfo`, `BadRequest` and `RetryInfo` details. This is the one
-  place where status codes are chosen.
+- `ErrorInterceptor`: authorizes each call (the `Guard`), charges it to its
+  caller's rate limit (the `RateLimiter`), validates each request against the
+  rules in its proto, and maps typed domain errors (and anything unexpected) to
+  a gRPC status with `google.rpc.ErrorInfo`, `BadRequest` and `RetryInfo`
+  details (and a `retry-after` header when there is a delay to wait). This is
+  the one place where status codes are chosen.
 - `DeadlineInterceptor`: puts a deadline on every outgoing call that has none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,7 +25,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import trace
 
 from qrmesh.platform.auth import Guard
-from qrmesh.platform.errors import ERROR_DOMAIN, InvalidArgument, QrmeshError, ResourceExhausted
+from qrmesh.platform.errors import ERROR_DOMAIN, InvalidArgument, QrmeshError, ResourceExhausted, Unauthenticated
+from qrmesh.platform.ratelimit import RETRY_AFTER_HEADER, RateLimited, RateLimiter
 from qrmesh.platform.validation import validate
 
 log = logging.getLogger("qrmesh.rpc")
@@ -57,11 +62,12 @@ def status_for(error: QrmeshError) -> status_pb2.Status:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: QrmeshError) -> None:
     status = status_for(error)
-    await context.abort(
-        error.code,
-        error.message,
-        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
-    )
+    trailing: list[tuple[str, str | bytes]] = [(STATUS_DETAILS_KEY, status.SerializeToString())]
+    if isinstance(error, RateLimited):
+        trailing.extend(error.headers)
+    elif isinstance(error, ResourceExhausted) and error.retry_after is not None:
+        trailing.append((RETRY_AFTER_HEADER, str(max(1, math.ceil(error.retry_after)))))
+    await context.abort(error.code, error.message, trailing_metadata=tuple(trailing))
 
 
 def _internal(method: str) -> QrmeshError:
@@ -76,8 +82,9 @@ def _internal(method: str) -> QrmeshError:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Authorize and validate requests, and turn exceptions into rich gRPC statuses."""
 
-    def __init__(self, guard: Guard | None = None) -> None:
+    def __init__(self, guard: Guard | None = None, limiter: RateLimiter | None = None) -> None:
         self.guard = guard
+        self.limiter = limiter
 
     async def intercept_service(
         self,
@@ -87,37 +94,87 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, handler_call_details.method, self.guard)
+        limiter = self.limiter if self.guard is not None and self.guard.guards(handler_call_details.method) else None
+        return _wrap(handler, handler_call_details.method, self.guard, limiter)
+
+
+class _Reply:
+    """The servicer's view of the call's context: the first headers it sends (or, if it sends none, the
+    ones sent before the first response) also carry the rate limit headers of the call."""
+
+    __slots__ = ("_context", "charged", "headers", "sent")
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._context = context
+        self.charged = False
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.sent = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        self.sent = True
+        await self._context.send_initial_metadata((*tuple(metadata), *self.headers))
+
+    async def flush(self) -> None:
+        """Send the rate limit headers unless headers went out already."""
+        if self.sent or not self.headers:
+            return
+        self.sent = True
+        with contextlib.suppress(grpc.aio.UsageError):  # the call ended meanwhile
+            await self._context.send_initial_metadata(self.headers)
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: Guard | None
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, guard: Guard | None, limiter: RateLimiter | None = None
 ) -> grpc.RpcMethodHandler[Any, Any]:
     def as_error(exc: BaseException) -> QrmeshError:
         if isinstance(exc, QrmeshError):
             return exc
         return _internal(method)
 
-    async def admit(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """The caller may send this request, and it is well formed."""
+    def reply(context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """What the servicer gets as its context."""
+        return _Reply(context) if limiter is not None else context
+
+    async def admit(request: Any, context: grpc.aio.ServicerContext[Any, Any], call: Any) -> None:
+        """The caller may send this request, has calls left, and the request is well formed."""
         if guard is not None and guard.guards(method):
-            await guard.check(method, request, context)
+            try:
+                await guard.check(method, request, context)
+            except Unauthenticated:
+                if limiter is not None:  # refused credentials still cost their address
+                    await limiter.admit_failed_credentials(method, context)
+                raise
+            if limiter is not None and not call.charged:
+                call.charged = True  # a stream is charged once, at its first message
+                admitted = await limiter.admit(method, context)
+                if admitted is not None:
+                    call.headers = admitted.headers
         validate(request)
 
     async def validated(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any], call: Any
     ) -> AsyncIterator[Any]:
         async for request in requests:
-            await admit(request, context)
+            await admit(request, context, call)
             yield request
+
+    async def flush(call: Any) -> None:
+        if limiter is not None:
+            await call.flush()
 
     if handler.unary_unary is not None:
         inner_uu: Any = handler.unary_unary  # an async callable under grpc.aio
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = reply(context)
             try:
-                await admit(request, context)
-                return await inner_uu(request, context)
+                await admit(request, context, call)
+                answer = await inner_uu(request, call)
+                await flush(call)
+                return answer
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error leaves as a status
@@ -131,13 +188,15 @@ def _wrap(
         inner_us: Any = handler.unary_stream  # an async callable under grpc.aio
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            call = reply(context)
             try:
-                await admit(request, context)
+                await admit(request, context, call)
                 if inspect.isasyncgenfunction(inner_us):
-                    async for item in inner_us(request, context):
+                    async for item in inner_us(request, call):
+                        await flush(call)
                         yield item
                 else:
-                    await inner_us(request, context)
+                    await inner_us(request, call)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -151,8 +210,11 @@ def _wrap(
         inner_su: Any = handler.stream_unary  # an async callable under grpc.aio
 
         async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = reply(context)
             try:
-                return await inner_su(validated(requests, context), context)
+                answer = await inner_su(validated(requests, context, call), call)
+                await flush(call)
+                return answer
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -168,12 +230,14 @@ def _wrap(
         async def stream_stream(
             requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            call = reply(context)
             try:
                 if inspect.isasyncgenfunction(inner_ss):
-                    async for item in inner_ss(validated(requests, context), context):
+                    async for item in inner_ss(validated(requests, context, call), call):
+                        await flush(call)
                         yield item
                 else:
-                    await inner_ss(validated(requests, context), context)
+                    await inner_ss(validated(requests, context, call), call)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001

@@ -30,6 +30,7 @@ from qrmesh.platform.database import create_engine, migrate
 from qrmesh.platform.errors import Unavailable
 from qrmesh.platform.interceptors import ErrorInterceptor
 from qrmesh.platform.metrics import READINGS, MetricsInterceptor, MetricsServer, pool_readings
+from qrmesh.platform.ratelimit import RateLimiter, RatePolicy, limiter_for
 from qrmesh.platform.settings import Settings
 from qrmesh.platform.telemetry import configure_tracing, instrument_engine, instrument_redis, server_interceptor
 
@@ -59,6 +60,9 @@ class Resources:
     database close (stop workers, flush buffers here)."""
     ports: dict[str, int] = field(default_factory=dict)
     """Extra listening ports a service opened besides gRPC (e.g. "http"; "metrics" once started)."""
+    on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run in order when shutdown begins, before in-flight RPCs are waited for (end streams that
+    would otherwise stay open until the grace period runs out, e.g. live feeds)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,9 @@ class ServiceSpec:
     guarded: bool = True
     """Enforce the policies declared in the contracts; only servers without
     contracts (test doubles) turn this off."""
+    rate_policy: Callable[[Resources], RatePolicy] | None = None
+    """The rates of users and API keys (e.g. by plan); None: the settings' (QRMESH_RATE_*).
+    Guarded calls are limited in Redis; other services and health checks never are."""
 
 
 class NoAccess:
@@ -98,9 +105,17 @@ class Server:
     """A built service: the grpc.aio server plus its health and resources."""
 
     def __init__(
-        self, grpc_server: grpc.aio.Server, spec: ServiceSpec, resources: Resources, services: Sequence[str], port: int
+        self,
+        grpc_server: grpc.aio.Server,
+        spec: ServiceSpec,
+        resources: Resources,
+        services: Sequence[str],
+        port: int,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.grpc = grpc_server
+        self.rate_limiter = rate_limiter
+        """Charges guarded calls to their caller's bucket (None when the server is not guarded)."""
         self.spec = spec
         self.resources = resources
         self.services = tuple(services)
@@ -144,6 +159,8 @@ class Server:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        for stopping in self.resources.on_stopping:
+            await stopping()
         await self.grpc.stop(self.resources.settings.shutdown_grace if grace is None else grace)
         for close in reversed(self.resources.on_close):
             await close()
@@ -165,11 +182,13 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     configure_tracing(spec.name, settings.otlp_endpoint)
     # The guard learns its policies once the servicers are registered.
     guard = Guard({}, NoAccess(), service_secret=settings.service_secret)
+    # Its policy and Redis client are set once the resources exist.
+    limiter = limiter_for(settings, None) if spec.guarded else None
     # Outermost first: metrics time the whole call and see the status the error interceptor chose.
     interceptors: list[Any] = [
         MetricsInterceptor(),
         server_interceptor(),
-        ErrorInterceptor(guard if spec.guarded else None),
+        ErrorInterceptor(guard if spec.guarded else None, limiter),
     ]
     grpc_server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     engine = (
@@ -192,6 +211,10 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
         closer = getattr(backend, "close", None)
         if closer is not None:
             resources.on_close.append(closer)
+    if limiter is not None:
+        if spec.rate_policy is not None:
+            limiter.policy = spec.rate_policy(resources)
+        limiter.client = resources.redis
     reflection.enable_server_reflection(
         [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         grpc_server,
@@ -199,7 +222,7 @@ async def create_server(settings: Settings, spec: ServiceSpec) -> tuple[Server, 
     port = grpc_server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
-    server = Server(grpc_server, spec, resources, services, port)
+    server = Server(grpc_server, spec, resources, services, port, limiter)
     return server, port
 
 

@@ -91,6 +91,22 @@ class Settings:
     service_secret: str = ""
     """Shared secret that proves one service to another (QRMESH_SERVICE_SECRET); internal RPCs
     are refused while it is empty."""
+    rate_user_per_second: float = 20.0
+    """Calls a second each user may make per organization (QRMESH_RATE_USER_PER_SECOND; 0: unlimited),
+    unless the service's rate policy (plans) says otherwise."""
+    rate_user_burst: int = 100
+    """Calls a user may make at once before the per-second rate applies (QRMESH_RATE_USER_BURST)."""
+    rate_api_key_per_second: float = 20.0
+    """Calls a second each API key may make (QRMESH_RATE_API_KEY_PER_SECOND; 0: unlimited)."""
+    rate_api_key_burst: int = 100
+    """Calls an API key may make at once (QRMESH_RATE_API_KEY_BURST)."""
+    rate_anonymous_per_second: float = 20.0
+    """Calls a second to public RPCs from one client address (IPv6: one /64) by callers who are not
+    signed in (QRMESH_RATE_ANONYMOUS_PER_SECOND; 0: unlimited)."""
+    rate_anonymous_burst: int = 100
+    """Calls an address may make at once (QRMESH_RATE_ANONYMOUS_BURST)."""
+    rate_timeout: float = 0.2
+    """Seconds the rate limiter waits for Redis before letting the call through (QRMESH_RATE_TIMEOUT)."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Service-specific variables (QRMESH_<SERVICE>_*), for the service to parse."""
 
@@ -116,5 +132,12 @@ class Settings:
             metrics_port=int_setting(env, "QRMESH_METRICS_PORT", 9464, low=0, high=65535),
             identity_address=env.get("QRMESH_IDENTITY_ADDR", "").strip(),
             service_secret=env.get("QRMESH_SERVICE_SECRET", "").strip(),
+            rate_user_per_second=_float(env, "QRMESH_RATE_USER_PER_SECOND", 20.0, low=0.0, high=1e6),
+            rate_user_burst=int_setting(env, "QRMESH_RATE_USER_BURST", 100, low=1, high=1_000_000),
+            rate_api_key_per_second=_float(env, "QRMESH_RATE_API_KEY_PER_SECOND", 20.0, low=0.0, high=1e6),
+            rate_api_key_burst=int_setting(env, "QRMESH_RATE_API_KEY_BURST", 100, low=1, high=1_000_000),
+            rate_anonymous_per_second=_float(env, "QRMESH_RATE_ANONYMOUS_PER_SECOND", 20.0, low=0.0, high=1e6),
+            rate_anonymous_burst=int_setting(env, "QRMESH_RATE_ANONYMOUS_BURST", 100, low=1, high=1_000_000),
+            rate_timeout=_float(env, "QRMESH_RATE_TIMEOUT", 0.2, low=0.001, high=10.0),
             extra={k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)},
         )
