@@ -10,6 +10,8 @@ import grpc
 import httpx
 import pytest
 
+from tests.integration.billing_helpers import subscribe_through_edge
+
 PASSWORD = "a-long-and-unusual-passphrase-7"
 
 
@@ -34,6 +36,9 @@ def test_newcomer_flow_through_the_edge(edge: str) -> None:
     assert org.status_code == 200, org.text
     name = org.json()["name"]
     assert name.startswith("organizations/")
+
+    # Teams and API keys are Business features.
+    subscribe_through_edge(edge, name, "business")
 
     guest_email, guest = sign_up_and_login(edge, "guest")
     invitation = httpx.post(

@@ -10,11 +10,12 @@ from qrmesh.identity.v1 import identity_pb2, identity_service_pb2, identity_serv
 from qrmesh.platform.auth import Role, api_key_cache_key, encode_api_key, role_cache_key, secret_digest
 from qrmesh.platform.server import Server
 from qrmesh.platform.settings import Settings
+from tests.integration.billing_helpers import subscribe
 from tests.integration.identity_helpers import sign_up
 
 
 async def test_revocations_reach_other_services_despite_a_racing_lookup(
-    identity_server: Server, base_settings: Settings
+    identity_server: Server, billing_server: Server, base_settings: Settings
 ) -> None:
     client = redis.from_url(base_settings.redis_url)
     backend = RemoteAccessBackend(
@@ -23,6 +24,7 @@ async def test_revocations_reach_other_services_despite_a_racing_lookup(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{identity_server.port}") as channel:
             owner = await sign_up(channel, "cache")
+            await subscribe(billing_server, owner, "pro")  # API keys are a Pro feature
             keys = identity_service_pb2_grpc.ApiKeyServiceStub(channel)
             created = await keys.CreateApiKey(
                 identity_service_pb2.CreateApiKeyRequest(

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from qrmesh.billing.client import FixedPlans
+from qrmesh.billing.domain.entitlements import API_ACCESS, TEAM_MEMBERS, EntitlementSet, Grant
 from qrmesh.identity import store
 from qrmesh.identity.config import IdentityConfig
 from qrmesh.identity.domain import passwords, signing, tokens
@@ -36,6 +38,12 @@ from qrmesh.platform.errors import (
 )
 
 PASSWORD = "violet-harbor-tractor-91"
+# This file tests identity alone (no billing service): every organization may have a team and API keys.
+TEAMS = FixedPlans(
+    EntitlementSet.of(
+        "organizations/any", "business", [Grant.quantity(TEAM_MEMBERS, None), Grant.feature(API_ACCESS, True)]
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,9 @@ def forgotten() -> Forgotten:
 
 @pytest.fixture
 def identity(engine: AsyncEngine, client: redis.Redis, forgotten: Forgotten) -> Identity:
-    return Identity(engine, client, IdentityConfig(), forget_api_key=forgotten.key, forget_role=forgotten.role)
+    return Identity(
+        engine, client, IdentityConfig(), forget_api_key=forgotten.key, forget_role=forgotten.role, plans=TEAMS
+    )
 
 
 def new_email(label: str = "user") -> str:
@@ -560,6 +570,32 @@ async def test_create_organization_is_idempotent_per_request_id(identity: Identi
     assert rest.next_page_token == ""
     with pytest.raises(InvalidArgument):
         await identity.list_organizations(someone.id, 10, page.next_page_token)
+
+
+async def test_one_person_owns_a_bounded_number_of_organizations(
+    engine: AsyncEngine, client: redis.Redis, forgotten: Forgotten
+) -> None:
+    capped = Identity(
+        engine,
+        client,
+        IdentityConfig(max_owned_organizations=3),
+        forget_api_key=forgotten.key,
+        forget_role=forgotten.role,
+        plans=TEAMS,
+    )
+    owner = await make_user(capped, "collector")
+    # Four at once against a cap of three: exactly one is refused, whatever the interleaving.
+    results = await asyncio.gather(
+        *(capped.create_organization(owner.id, f"Org {n}", "") for n in range(4)), return_exceptions=True
+    )
+    refusals = [result for result in results if isinstance(result, BaseException)]
+    assert len(refusals) == 1
+    assert isinstance(refusals[0], ResourceExhausted)
+    assert refusals[0].reason == "ORGANIZATION_LIMIT"
+    assert dict(refusals[0].metadata) == {"limit": "3", "usage": "3"}
+    assert len({result.id for result in results if isinstance(result, store.OrganizationRecord)}) == 3
+    someone = await make_user(capped, "someone")
+    await capped.create_organization(someone.id, "Theirs", "")  # the cap is per person
 
 
 async def test_update_organization_honours_the_mask(identity: Identity) -> None:

@@ -20,6 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from qrmesh.auth.v1 import policy_pb2
+from qrmesh.billing.client import FixedPlans
+from qrmesh.billing.domain.entitlements import DYNAMIC_CODES, EntitlementSet, Grant
 from qrmesh.platform.database import create_engine, migrate
 from qrmesh.platform.server import Server
 from qrmesh.platform.settings import Settings
@@ -30,6 +32,7 @@ from qrmesh.qr.domain.updates import plan_update
 from qrmesh.qr.service import QrCodes
 from qrmesh.qr.v1 import design_pb2, stored_qr_code_pb2
 from tests.imaging import decode_png
+from tests.integration.billing_helpers import subscribe
 from tests.integration.identity_helpers import Account, sign_up
 from tests.integration.qr_helpers import (
     Clients,
@@ -50,6 +53,8 @@ from tests.integration.qr_helpers import (
 )
 
 LinkRules = stored_qr_code_pb2.LinkRules
+# For a QrCodes built by hand (no billing service): one dynamic code needs room for one.
+UNLIMITED = FixedPlans(EntitlementSet.of("organizations/any", "business", [Grant.quantity(DYNAMIC_CODES, None)]))
 Route = stored_qr_code_pb2.Route
 
 
@@ -60,14 +65,20 @@ async def identity(identity_server: Server) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture(scope="module")
-async def owner(identity: grpc.aio.Channel) -> Account:
-    return await sign_up(identity, "qr-owner")
+async def owner(identity: grpc.aio.Channel, billing_server: Server) -> Account:
+    """An owner of an organization on Business (more codes than Free's 10, every feature); Free's limits
+    have tests of their own (test_billing_enforcement)."""
+    account = await sign_up(identity, "qr-owner")
+    await subscribe(billing_server, account, "business")
+    return account
 
 
 @pytest.fixture
-async def fresh(identity: grpc.aio.Channel) -> Account:
-    """An owner of a new, empty organization."""
-    return await sign_up(identity, "qr-fresh")
+async def fresh(identity: grpc.aio.Channel, billing_server: Server) -> Account:
+    """An owner of a new, empty organization on Business (members and API keys)."""
+    account = await sign_up(identity, "qr-fresh")
+    await subscribe(billing_server, account, "business")
+    return account
 
 
 @pytest.fixture(scope="module")
@@ -542,7 +553,7 @@ async def test_links_reach_redis_after_an_outage(
     await proxy.start()
     engine = create_engine(private_database, schema="qr")
     client = redis.from_url(f"redis://127.0.0.1:{proxy.listen_port}/0", socket_connect_timeout=1, socket_timeout=1)
-    codes = QrCodes(engine, client, public_base_url=settings.public_base_url)
+    codes = QrCodes(engine, client, public_base_url=settings.public_base_url, plans=UNLIMITED)
     organization = ids.new_id()
     try:
         created = await codes.create(organization, dynamic("https://example.com/one", short_code=alias("outage")), "")

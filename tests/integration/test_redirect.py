@@ -19,6 +19,7 @@ from google.protobuf import field_mask_pb2
 from qrmesh.platform.server import Server
 from qrmesh.qr.v1 import qr_code_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc, stored_qr_code_pb2
 from qrmesh.scans.v1 import scan_event_pb2
+from tests.integration.billing_helpers import subscribe
 from tests.integration.identity_helpers import Account, sign_up
 
 IPHONE = (
@@ -29,9 +30,12 @@ Outcome = scan_event_pb2.ScanEvent.Outcome
 
 
 @pytest.fixture
-async def account(identity_server: Server) -> Account:
+async def account(identity_server: Server, billing_server: Server) -> Account:
+    """An owner of an organization on Pro (passwords and schedules are Pro features)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{identity_server.port}") as channel:
-        return await sign_up(channel, "redirector")
+        account = await sign_up(channel, "redirector")
+    await subscribe(billing_server, account, "pro")
+    return account
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qrmesh.billing.client import plans_for
 from qrmesh.identity import names
 from qrmesh.identity.config import IdentityConfig
 from qrmesh.identity.service import Identity
@@ -70,6 +71,7 @@ def identity_for(resources: Resources) -> Identity:
         IdentityConfig.from_settings(resources.settings),
         forget_api_key=forget_key,
         forget_role=forget_member,
+        plans=plans_for(resources),
     )
     _INSTANCES[id(resources)] = (resources, identity)
 

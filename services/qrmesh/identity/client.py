@@ -77,7 +77,9 @@ class RemoteAccessBackend:
             if self._due(refresh):
                 auth, _ = self._stubs()
                 try:
-                    answer = await auth.GetJsonWebKeySet(identity_service_pb2.GetJsonWebKeySetRequest())
+                    answer = await auth.GetJsonWebKeySet(
+                        identity_service_pb2.GetJsonWebKeySetRequest(), metadata=self._service_metadata()
+                    )
                 except grpc.aio.AioRpcError as exc:
                     raise Unavailable(f"cannot reach the identity service: {exc.code().name}") from None
                 self._keys = {

@@ -34,6 +34,9 @@ class IdentityConfig:
     """How long invitations can be accepted."""
     public_base_url: str = "http://127.0.0.1:8080"
     """Where links in emails point."""
+    max_owned_organizations: int = 20
+    """QRMESH_IDENTITY_MAX_OWNED_ORGANIZATIONS (default 20): organizations one user may own; each new
+    organization starts on the free plan with allowances of its own, so they are not unlimited."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityConfig:
@@ -46,4 +49,5 @@ class IdentityConfig:
             key_rotation=timedelta(days=_int(extra, "KEY_ROTATION_DAYS", 30, low=1, high=3650)),
             key_passphrase=passphrase.encode("utf-8") if passphrase else None,
             public_base_url=settings.public_base_url,
+            max_owned_organizations=_int(extra, "MAX_OWNED_ORGANIZATIONS", 20, low=1, high=100_000),
         )

@@ -19,6 +19,8 @@ import redis.asyncio as redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from qrmesh.billing.client import Plans, UnconfiguredPlans, require_feature, require_room
+from qrmesh.billing.domain.entitlements import API_ACCESS, TEAM_MEMBERS
 from qrmesh.identity import store
 from qrmesh.identity.config import IdentityConfig
 from qrmesh.identity.domain import api_keys as key_rules
@@ -33,6 +35,7 @@ from qrmesh.platform.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 
@@ -155,8 +158,11 @@ class Identity:
         forget_api_key: ForgetApiKey = _nothing,
         forget_role: ForgetRole = _nothing,
         throttle: LoginThrottle | None = None,
+        plans: Plans | None = None,
     ) -> None:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.plans: Plans = plans or UnconfiguredPlans("QRMESH_IDENTITY_BILLING_ADDR")
+        """What each organization's plan allows (team members, API access)."""
         self.config = config
         self.keys = KeyRing(self.sessions, config)
         self.throttle = throttle or LoginThrottle(client)
@@ -411,6 +417,16 @@ class Identity:
                             updated_at=organization.updated_at,
                             role=role,
                         )
+            await store.advisory_lock(f"owned-organizations:{user_id}", session=session)
+            owned = await store.count_owned_organizations(user_id, session=session)
+            limit = self.config.max_owned_organizations
+            if owned >= limit:
+                raise ResourceExhausted(
+                    f"you already own {owned} organizations, the most one person may own ({limit});"
+                    " delete one or ask to be invited to an existing one",
+                    reason="ORGANIZATION_LIMIT",
+                    metadata={"limit": str(limit), "usage": str(owned)},
+                )
             organization = await store.insert_organization(
                 session=session, organization_id=tokens.new_id(), display_name=name, owner_id=user_id, now=now
             )
@@ -516,9 +532,13 @@ class Identity:
         token = tokens.new_token()
         now = utcnow()
         async with self.sessions.begin() as session:
-            organization = await store.get_organization(organization_id, session=session)
+            # Locked, so two invitations at the plan's member limit cannot both pass.
+            organization = await store.get_organization(organization_id, session=session, for_update=True)
             if organization is None:
                 raise NotFound("the organization does not exist")
+            seats = await store.count_members(organization_id, session=session)
+            seats += await store.count_pending_invitations(organization_id, session=session, now=now)
+            await require_room(self.plans, f"organizations/{organization_id}", TEAM_MEMBERS, usage=seats)
             invitation = await store.insert_invitation(
                 session=session,
                 invitation_id=tokens.new_id(),
@@ -584,6 +604,9 @@ class Identity:
             existing = await store.get_member(invitation.organization_id, user_id, session=session)
             if existing is not None:
                 raise AlreadyExists("you are a member of this organization already", reason="ALREADY_MEMBER")
+            # The invitation held a seat; a downgrade since may have taken it away.
+            members = await store.count_members(invitation.organization_id, session=session)
+            await require_room(self.plans, f"organizations/{invitation.organization_id}", TEAM_MEMBERS, usage=members)
             await store.add_member(
                 session=session,
                 organization_id=invitation.organization_id,
@@ -612,6 +635,7 @@ class Identity:
         checked = key_rules.check_scopes(scopes)
         now = utcnow()
         key_rules.check_expiry(expires_at, now)
+        await require_feature(self.plans, f"organizations/{organization_id}", API_ACCESS)
         async with self.sessions.begin() as session:
             if await store.get_organization(organization_id, session=session) is None:
                 raise NotFound("the organization does not exist")
@@ -668,6 +692,7 @@ class Identity:
     ) -> tuple[store.ApiKeyRecord, str]:
         """Replace a key by a new one with the same name, scopes and expiry; the old one is revoked."""
         now = utcnow()
+        await require_feature(self.plans, f"organizations/{organization_id}", API_ACCESS)
         async with self.sessions.begin() as session:
             old = await store.get_api_key(organization_id, key_id, session=session, for_update=True)
             if old is None:
@@ -694,6 +719,14 @@ class Identity:
             if record.last_used_at is None or now - record.last_used_at >= resolution:
                 await store.touch_api_key(record.id, session=session, now=now, resolution=resolution)
         return record
+
+    async def usage(self, organization_id: str) -> dict[str, int]:
+        """What the organization uses of its plan's limits that identity counts (for the billing service):
+        team members, pending invitations included."""
+        async with self.sessions.begin() as session:
+            seats = await store.count_members(organization_id, session=session)
+            seats += await store.count_pending_invitations(organization_id, session=session, now=utcnow())
+        return {TEAM_MEMBERS: seats}
 
     async def role(self, organization_id: str, user_id: str) -> MemberRole | None:
         """A user's role in an organization, or None if not a member."""

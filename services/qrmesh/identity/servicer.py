@@ -14,8 +14,10 @@ from qrmesh.identity.domain.emails import is_email
 from qrmesh.identity.domain.roles import MemberRole
 from qrmesh.identity.service import Identity, SessionTokens, utcnow
 from qrmesh.identity.v1 import identity_pb2, identity_service_pb2, identity_service_pb2_grpc
+from qrmesh.platform import ratelimit
 from qrmesh.platform.auth import Principal, current_principal
 from qrmesh.platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from qrmesh.platform.ratelimit import CLIENT_IP_HEADER
 
 Context = grpc.aio.ServicerContext[Any, Any]
 svc = identity_service_pb2
@@ -151,19 +153,13 @@ def api_key_to_proto(key: store.ApiKeyRecord, now: datetime) -> identity_pb2.Api
 
 
 def client_address(context: Context) -> str | None:
-    """The caller's address: the last `x-forwarded-for` entry (the one our edge appended), else the peer."""
+    """The caller's address as the edge saw it (`x-qrmesh-client-ip`, believed only from a trusted peer;
+    the edge derives it from X-Forwarded-For with its configured trusted hops), else the peer."""
+    forwarded = None
     for key, value in context.invocation_metadata() or ():
-        if key == "x-forwarded-for" and isinstance(value, str):
-            entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-            if entries:
-                return entries[-1]
-    peer = context.peer() or ""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0] or None
-    if kind == "ipv6":
-        return rest.rpartition(":")[0].strip("[]") or None
-    return peer or None
+        if key == CLIENT_IP_HEADER and isinstance(value, str):
+            forwarded = value
+    return ratelimit.client_address(context.peer() or "", forwarded) or None
 
 
 class AuthServicer(identity_service_pb2_grpc.AuthServiceServicer):

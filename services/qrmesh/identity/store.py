@@ -546,6 +546,16 @@ async def delete_signing_keys_retired_before(before: datetime, *, session: Async
 # ---------------------------------------------------------------- organizations and members
 
 
+async def count_owned_organizations(user_id: str, *, session: AsyncSession) -> int:
+    """How many organizations `user_id` owns."""
+    statement = (
+        sa.select(sa.func.count())
+        .select_from(memberships)
+        .where(memberships.c.user_id == user_id, memberships.c.role == "OWNER")
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
 async def insert_organization(
     *, session: AsyncSession, organization_id: str, display_name: str, owner_id: str, now: datetime
 ) -> OrganizationRecord:
@@ -684,6 +694,22 @@ async def count_owners(organization_id: str, *, session: AsyncSession) -> int:
     """How many owners the organization has."""
     statement = sa.select(sa.func.count()).where(
         memberships.c.organization_id == organization_id, memberships.c.role == "OWNER"
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def count_members(organization_id: str, *, session: AsyncSession) -> int:
+    """How many members the organization has."""
+    statement = sa.select(sa.func.count()).where(memberships.c.organization_id == organization_id)
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def count_pending_invitations(organization_id: str, *, session: AsyncSession, now: datetime) -> int:
+    """How many of the organization's invitations can still be accepted."""
+    statement = sa.select(sa.func.count()).where(
+        invitations.c.organization_id == organization_id,
+        invitations.c.state == "PENDING",
+        invitations.c.expires_at > now,
     )
     return int((await session.execute(statement)).scalar_one())
 

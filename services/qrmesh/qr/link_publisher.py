@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import redis.asyncio as redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from qrmesh.platform import tasks
 from qrmesh.qr import links, names, store
 from qrmesh.qr.domain.link_rules import redirect_status
 from qrmesh.qr.v1 import qr_code_pb2, stored_qr_code_pb2
@@ -114,9 +115,7 @@ class LinkPublisher:
     async def close(self) -> None:
         """Stop the background task; what it did not write stays marked for the next start."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qrmesh.billing.client import plans_for
 from qrmesh.platform.server import Resources
 from qrmesh.qr.scan_totals import ScanTotals
 from qrmesh.qr.service import QrCodes
@@ -12,7 +13,12 @@ def qr_codes_for(resources: Resources) -> QrCodes:
     stops with the server (link publishing, scan totals)."""
     if resources.engine is None or resources.redis is None:
         raise RuntimeError("the qr service needs its database and Redis")
-    codes = QrCodes(resources.engine, resources.redis, public_base_url=resources.settings.public_base_url)
+    codes = QrCodes(
+        resources.engine,
+        resources.redis,
+        public_base_url=resources.settings.public_base_url,
+        plans=plans_for(resources),
+    )
     totals = ScanTotals(codes.sessions, resources.redis)
     resources.on_start.append(codes.start)
     resources.on_start.append(totals.start)

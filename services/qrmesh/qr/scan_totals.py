@@ -19,7 +19,6 @@ stream's length are read every few seconds for /metrics (`readings`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -36,6 +35,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from qrmesh.platform import tasks
 from qrmesh.platform.errors import InvalidArgument
 from qrmesh.platform.metrics import READINGS
 from qrmesh.platform.telemetry import extract_context, tracing_enabled
@@ -155,10 +155,7 @@ class ScanTotals:
     async def close(self) -> None:
         """Stop consuming; entries read but not yet acknowledged are delivered again later."""
         for task in (self._task, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tasks.stop(task)
         self._task = self._watcher = None
         if self._unwatch is not None:
             self._unwatch()

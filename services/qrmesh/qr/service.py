@@ -20,10 +20,20 @@ from argon2 import PasswordHasher
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from qrmesh.platform.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, Unavailable
+from qrmesh.billing.client import Plans, UnconfiguredPlans, require_feature, require_room
+from qrmesh.billing.domain.entitlements import DYNAMIC_CODES
+from qrmesh.platform.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from qrmesh.qr import links, names, store
 from qrmesh.qr.domain import ids, labels, listing, shortcodes
 from qrmesh.qr.domain.link_rules import check_password, merge_rules, normalize_rules
+from qrmesh.qr.domain.plan_features import required_features
 from qrmesh.qr.domain.render import Image, render
 from qrmesh.qr.domain.updates import UpdatePlan, password_change
 from qrmesh.qr.link_publisher import LinkPublisher, link_from_row
@@ -33,6 +43,8 @@ from qrmesh.qr.v1 import design_pb2, qr_code_pb2, qr_code_service_pb2, stored_qr
 log = logging.getLogger("qrmesh.qr.service")
 
 REQUEST_ID_TTL = timedelta(days=1)
+MAX_SCOPE_CODES = 100_000
+"""At most this many codes in one scope (`codes_in_scope`)."""
 QrCode = stored_qr_code_pb2.QrCode
 LinkRules = stored_qr_code_pb2.LinkRules
 RenderRequest = qr_code_service_pb2.RenderQrCodeRequest
@@ -79,7 +91,11 @@ class _Checked:
 class QrCodes:
     """Every operation on stored codes, over one database engine and one Redis client."""
 
-    def __init__(self, engine: AsyncEngine, client: redis.Redis, *, public_base_url: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, client: redis.Redis, *, public_base_url: str, plans: Plans | None = None
+    ) -> None:
+        self.plans: Plans = plans or UnconfiguredPlans("QRMESH_QR_BILLING_ADDR")
+        """What each organization's plan allows (dynamic codes, design and rule features)."""
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.redis = client
         self.public_base_url = public_base_url.rstrip("/")
@@ -173,8 +189,23 @@ class QrCodes:
         length = len(alias) if alias else shortcodes.MAX_RANDOM_LENGTH
         rules = code.rules if kind == "DYNAMIC" else None
         checked = await self._check(kind, code.content, code.design, rules, length)
+        await self._require_features(
+            organization,
+            required_features(
+                old_design=None,
+                new_design=code.design,
+                old_rules=None,
+                new_rules=rules,
+                password_set=rules is not None and bool(rules.password),
+            ),
+        )
         if rules is not None and rules.password:
             password_hash = await asyncio.to_thread(hash_link_password, rules.password)
+        # An unlimited plan needs no count (nor the lock that serializes counting).
+        limited = (
+            kind == "DYNAMIC"
+            and (await self.plans.entitlements(names.organization_name(organization))).limit(DYNAMIC_CODES) is not None
+        )
         now = utcnow()
         async with self.sessions.begin() as session:
             if request_id:
@@ -188,6 +219,11 @@ class QrCodes:
                         return found
             code_id = ids.new_id()
             short_code = None
+            if limited:
+                # Counted under a per-organization lock: two creates at the limit cannot both pass.
+                await store.advisory_lock(f"dynamic-codes:{organization}", session=session)
+                used = await store.count_dynamic_codes(organization, session=session)
+                await require_room(self.plans, names.organization_name(organization), DYNAMIC_CODES, usage=used)
             if kind == "DYNAMIC":
                 short_code = await self._claim_short_code(session, organization, code_id, alias, now)
             record = await store.insert_qr_code(
@@ -227,6 +263,16 @@ class QrCodes:
         if record.short_code is not None:
             await self.publisher.publish([record.short_code])
         return record
+
+    async def _require_features(self, organization: str, features: list[str]) -> None:
+        """PERMISSION_DENIED (FEATURE_NOT_IN_PLAN) for the first of `features` the plan lacks."""
+        for feature in features:
+            await require_feature(self.plans, names.organization_name(organization), feature)
+
+    async def usage(self, organization: str) -> dict[str, int]:
+        """What the organization uses of its plan's limits that qr counts (for the billing service)."""
+        async with self.sessions.begin() as session:
+            return {DYNAMIC_CODES: await store.count_dynamic_codes(organization, session=session)}
 
     async def _claim_short_code(
         self, session: AsyncSession, organization: str, code_id: str, alias: str, now: datetime
@@ -275,6 +321,27 @@ class QrCodes:
         next_token = listing.encode_page_token(shown[-1][1], scope) if len(rows) > len(shown) else ""
         return Listing([record for record, _ in shown], next_token, total)
 
+    async def codes_in_scope(
+        self, organization: str, filters: listing.Filters, code_ids: list[str]
+    ) -> list[store.CodeInScope]:
+        """The organization's codes in a folder and/or with a tag (or only `code_ids`), deleted ones too where
+        known; FAILED_PRECONDITION (SCOPE_TOO_LARGE) beyond `MAX_SCOPE_CODES`."""
+        async with self.sessions.begin() as session:
+            found = await store.codes_in_scope(
+                organization,
+                session=session,
+                folder=filters.folder,
+                tag=filters.tag,
+                ids=code_ids,
+                limit=MAX_SCOPE_CODES + 1,
+            )
+        if len(found) > MAX_SCOPE_CODES:
+            raise FailedPrecondition(
+                f"more than {MAX_SCOPE_CODES:,} codes are in this scope; choose a smaller folder or tag",
+                reason="SCOPE_TOO_LARGE",
+            )
+        return found
+
     async def update(self, organization: str, code_id: str, incoming: QrCode, plan: UpdatePlan) -> store.QrCodeRecord:
         """Change the fields `plan` names; ABORTED (ETAG_MISMATCH) when `incoming.etag` is stale."""
         password = incoming.rules.password if plan.changes("rules") else ""
@@ -292,7 +359,7 @@ class QrCodes:
                     "the code changed since you read it (etag mismatch); read it again and retry",
                     reason="ETAG_MISMATCH",
                 )
-            values = await self._updated_values(current, incoming, plan)
+            values = await self._updated_values(current, incoming, plan, password_set=change == "set")
             if current.kind == "DYNAMIC" and plan.changes("rules"):
                 if change == "set":
                     values["password_hash"] = new_hash
@@ -306,7 +373,9 @@ class QrCodes:
             await self.publisher.publish([updated.short_code])
         return updated
 
-    async def _updated_values(self, current: store.QrCodeRecord, incoming: QrCode, plan: UpdatePlan) -> dict[str, Any]:
+    async def _updated_values(
+        self, current: store.QrCodeRecord, incoming: QrCode, plan: UpdatePlan, *, password_set: bool = False
+    ) -> dict[str, Any]:
         dynamic = current.kind == "DYNAMIC"
         if incoming.kind and QrCode.Kind.Name(incoming.kind) != current.kind:
             raise InvalidArgument.field(
@@ -357,6 +426,17 @@ class QrCodes:
             return values
         length = len(current.short_code) if current.short_code else 0
         checked = await self._check(current.kind, content, design, rules, length)
+        stored_rules = LinkRules.FromString(current.rules) if dynamic else None
+        await self._require_features(
+            current.organization_id,
+            required_features(
+                old_design=design_pb2.Design.FromString(current.design),
+                new_design=design if plan.changes("design") else None,
+                old_rules=stored_rules,
+                new_rules=rules if plan.changes("rules") else None,
+                password_set=password_set,
+            ),
+        )
         if plan.changes("content"):
             values["content"] = checked.content
         if plan.changes("design"):

@@ -301,11 +301,16 @@ def _sort_expression(order: Order) -> tuple[sa.ColumnElement[Any], sa.types.Type
     return qr_codes.c.created_at, _TS
 
 
+def _in_folder(folder: str) -> sa.ColumnElement[bool]:
+    """Codes in `folder` or any folder below it."""
+    below = like_pattern(folder)[1:-1] + "/%"
+    return sa.or_(qr_codes.c.folder == folder, qr_codes.c.folder.like(below, escape="\\"))
+
+
 def _filtered(organization_id: str, filters: Filters) -> list[sa.ColumnElement[bool]]:
     conditions: list[sa.ColumnElement[bool]] = [qr_codes.c.organization_id == organization_id]
     if filters.folder:
-        below = like_pattern(filters.folder)[1:-1] + "/%"
-        conditions.append(sa.or_(qr_codes.c.folder == filters.folder, qr_codes.c.folder.like(below, escape="\\")))
+        conditions.append(_in_folder(filters.folder))
     if filters.tag:
         conditions.append(qr_codes.c.tag_keys.contains([filters.tag]))
     if filters.kind is not None:
@@ -357,6 +362,64 @@ async def count_qr_codes(organization_id: str, *, session: AsyncSession, filters
     """How many codes match `filters`."""
     statement = sa.select(sa.func.count()).select_from(qr_codes).where(*_filtered(organization_id, filters))
     return int((await session.execute(statement)).scalar_one())
+
+
+async def count_dynamic_codes(organization_id: str, *, session: AsyncSession) -> int:
+    """How many dynamic codes the organization has (any status; deleted ones are gone)."""
+    statement = sa.select(sa.func.count()).where(
+        qr_codes.c.organization_id == organization_id, qr_codes.c.kind == "DYNAMIC"
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInScope:
+    """A code as other services scope by it; a deleted code keeps only its id and short code."""
+
+    id: str
+    display_name: str
+    short_code: str | None
+    deleted: bool
+
+
+async def codes_in_scope(
+    organization_id: str, *, session: AsyncSession, folder: str, tag: str, ids: Sequence[str], limit: int
+) -> list[CodeInScope]:
+    """The organization's codes in `folder` (and below) with the tag key `tag`, only `ids` when given, any
+    status, oldest first, at most `limit`. Deleted codes (their retired short codes) are added only when
+    neither folder nor tag is set: their folders and tags were deleted with them."""
+    conditions: list[sa.ColumnElement[bool]] = [qr_codes.c.organization_id == organization_id]
+    if folder:
+        conditions.append(_in_folder(folder))
+    if tag:
+        conditions.append(qr_codes.c.tag_keys.contains([tag]))
+    if ids:
+        conditions.append(qr_codes.c.id.in_(list(ids)))
+    live = sa.select(
+        qr_codes.c.id,
+        qr_codes.c.display_name,
+        qr_codes.c.short_code,
+        sa.false().label("deleted"),
+        qr_codes.c.created_at,
+    ).where(*conditions)
+    statement: sa.Select[Any] | sa.CompoundSelect[Any] = live
+    if not folder and not tag:
+        gone = [short_codes.c.organization_id == organization_id, short_codes.c.retired_at.is_not(None)]
+        if ids:
+            gone.append(short_codes.c.qr_code_id.in_(list(ids)))
+        live_ids = sa.select(qr_codes.c.id).where(qr_codes.c.organization_id == organization_id)
+        gone.append(short_codes.c.qr_code_id.not_in(live_ids))
+        deleted = sa.select(
+            short_codes.c.qr_code_id,
+            sa.literal("", sa.Text()),
+            short_codes.c.short_code,
+            sa.true(),
+            short_codes.c.created_at,
+        ).where(*gone)
+        statement = sa.union_all(live, deleted)
+    ordered = statement.subquery()
+    rows = await session.execute(sa.select(ordered).order_by(ordered.c.created_at, ordered.c.id).limit(limit))
+    return [CodeInScope(row.id, row.display_name, row.short_code, bool(row.deleted)) for row in rows]
 
 
 # ---------------------------------------------------------------- links

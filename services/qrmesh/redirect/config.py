@@ -36,6 +36,8 @@ class RedirectConfig:
     """QRMESH_REDIRECT_PASSWORD_ATTEMPTS: wrong passwords per code and address per 15 minutes."""
     stream_maxlen: int = 0
     """QRMESH_REDIRECT_STREAM_MAXLEN: trim the `scans` stream to about this many entries (0: never)."""
+    stream: str = "scans"
+    """QRMESH_REDIRECT_STREAM: the Redis stream scan events go to (default `scans`; tests use private ones)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedirectConfig:
@@ -58,4 +60,5 @@ class RedirectConfig:
             cache_entries=_int(extra, "CACHE_ENTRIES", 100_000, low=100, high=10_000_000),
             password_attempts=_int(extra, "PASSWORD_ATTEMPTS", 10, low=1, high=1000),
             stream_maxlen=_int(extra, "STREAM_MAXLEN", 0, low=0, high=1_000_000_000),
+            stream=extra.get("STREAM", "").strip() or "scans",
         )

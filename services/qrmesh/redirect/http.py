@@ -50,6 +50,7 @@ from qrmesh.redirect.domain.privacy import anonymize_ip, sticky_bucket, visitor_
 from qrmesh.redirect.domain.rules import CompiledLink, Decision, Visit
 from qrmesh.redirect.events import ScanRecorder
 from qrmesh.redirect.resolver import NOT_CACHED, LinkResolver
+from qrmesh.redirect.suspensions import Suspensions
 from qrmesh.scans.v1 import scan_event_pb2
 
 log = logging.getLogger("qrmesh.redirect.http")
@@ -98,6 +99,8 @@ _UNAVAILABLE_BODY = (
     b"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
     b"<title>Try again</title><p>This code cannot be opened right now. Please try again in a moment.</p>"
 )
+LAPSED = Decision(Outcome.PAUSED, pages.PAGE_STATUS[pages.PAUSED], "", pages.PAUSED, "subscription_lapsed")
+"""A code of an organization whose subscription lapsed: the "paused" page until it renews."""
 _PASSWORD_WINDOW = 900
 _MAX_VERIFYING = 4
 """Password checks (argon2: ~19 MiB and a few ms of CPU each) running at once; more get 503."""
@@ -216,8 +219,11 @@ class ScanApp:
         *,
         throttle: redis.Redis | None,
         countries: CountryLookup | None = None,
+        suspended: Suspensions | None = None,
     ) -> None:
         self.resolver = resolver
+        self.suspended: Suspensions | frozenset[str] = suspended if suspended is not None else frozenset()
+        """Organizations whose subscription lapsed (in memory; their codes answer "paused")."""
         self.recorder = recorder
         self.config = config
         self.throttle_redis = throttle
@@ -256,7 +262,7 @@ class ScanApp:
             return self._unknown(request, code)
         link: CompiledLink = found  # type: ignore[assignment]
         now = datetime.now(UTC)
-        gated = link.gate(now)
+        gated = LAPSED if link.organization in self.suspended else link.gate(now)
         if gated is not None:
             return self._decided(request, code, link, gated, self._agent(request), now)
         if link.password_hash or link.max_scans:
@@ -289,7 +295,7 @@ class ScanApp:
             return self._unknown(request, code)
         now = datetime.now(UTC)
         agent = self._agent(request)
-        gated = link.gate(now)
+        gated = LAPSED if link.organization in self.suspended else link.gate(now)
         if gated is not None:
             return self._decided(request, code, link, gated, agent, now)
         posted = request.method == b"POST"

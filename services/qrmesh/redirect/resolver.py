@@ -21,6 +21,7 @@ import grpc
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from qrmesh.platform import tasks
 from qrmesh.platform.auth import SERVICE_TOKEN_HEADER, service_token
 from qrmesh.platform.channels import create_channel
 from qrmesh.platform.errors import Unavailable
@@ -238,8 +239,6 @@ class LinkResolver:
     async def close(self) -> None:
         self._closing = True
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+            await tasks.stop(self._listener)
         if self._channel is not None:
             await self._channel.close()

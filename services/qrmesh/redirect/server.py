@@ -18,6 +18,7 @@ from qrmesh.redirect.config import RedirectConfig
 from qrmesh.redirect.events import ScanRecorder
 from qrmesh.redirect.http import HttpServer, ScanApp
 from qrmesh.redirect.resolver import LinkResolver
+from qrmesh.redirect.suspensions import Suspensions
 from qrmesh.scans.v1 import scan_event_pb2
 
 GRPC_SERVICES: list[str] = []
@@ -94,8 +95,11 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     )
     if resources.redis is None:
         raise RuntimeError("the redirect needs Redis (its spec says uses_redis)")
-    recorder = ScanRecorder(resources.redis, config.spool_dir, maxlen=config.stream_maxlen or None)
-    app = ScanApp(resolver, recorder, config, throttle=resources.redis)
+    recorder = ScanRecorder(
+        resources.redis, config.spool_dir, stream=config.stream, maxlen=config.stream_maxlen or None
+    )
+    suspended = Suspensions(resources.redis)
+    app = ScanApp(resolver, recorder, config, throttle=resources.redis, suspended=suspended)
     http = HttpServer(app, _listen(config.http_host, config.http_port))
     resources.ports["http"] = http.port
 
@@ -105,6 +109,7 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
         unwatch.append(READINGS.add(lambda: readings(app, recorder, resolver)))
         await recorder.start()
         await resolver.start()
+        await suspended.start()
         await http.start()
 
     async def stop_http() -> None:
@@ -117,7 +122,7 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     resources.on_start.append(start)
     # on_close runs in reverse: stop answering, then stop resolving, then flush every recorded scan, then
     # stop reporting.
-    resources.on_close.extend([stop_metrics, recorder.close, resolver.close, stop_http])
+    resources.on_close.extend([stop_metrics, recorder.close, suspended.close, resolver.close, stop_http])
     return GRPC_SERVICES
 
 
