@@ -9,16 +9,14 @@ script and measured in this run on the same machine.
 Needs wrk and nginx (Debian packages `wrk`, `nginx-light`) and uvicorn (dev
 extra). Uses DATABASE_URL when set (the embedded PostgreSQL otherwise) and
 always an embedded Valkey, so its scans never land in your own stream.
-Prints a table and writes bench/results/redirect.json.
+Prints a table and writes bench/results/redirect.json (see bench/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -34,6 +32,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench.report import Figure, Sample, emit
 from qrmesh.stack import Stack
 
 UVICORN_APP = """
@@ -198,6 +197,7 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, Any]:
     summary: dict[str, Any] = {key: statistics.median(run[key] for run in runs) for key in keys}
     rps = [run["rps"] for run in runs]
     summary["rps_min"], summary["rps_max"] = min(rps), max(rps)
+    summary["runs"] = runs
     return summary
 
 
@@ -246,28 +246,57 @@ def main() -> int:
                 run["events_stored"] = stream_length(redis_url) - before
                 runs.append(run)
             results["qrmesh scan via Envoy (recorded)"] = median_of(runs)
-            results["qrmesh scan via Envoy (recorded)"]["runs"] = runs
         finally:
             stack.stop()
 
-    base = results["nginx return 302"]["rps"]
-    print(f"{'server':36} {'req/s':>10} {'min-max':>17} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
-    edge = results["Envoy (same config) -> nginx 302"]["rps"]
-    for name, row in results.items():
-        spread = f"{row['rps_min']:.0f}-{row['rps_max']:.0f}"
-        print(
-            f"{name:36} {row['rps']:>10.0f} {spread:>17} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}"
-            f" {row['rps'] / base:>8.0%}"
-        )
     ours = results["qrmesh scan via Envoy (recorded)"]
-    print(f"qrmesh vs the edge's ceiling (Envoy -> nginx): {ours['rps'] / edge:.0%}")
-    for run in ours["runs"]:
-        print(f"  run: {run['requests']:.0f} requests answered, {run['events_stored']:.0f} events stored")
-    out = Path(__file__).with_name("results") / "redirect.json"
-    out.parent.mkdir(exist_ok=True)
-    machine = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count()}
-    out.write_text(json.dumps({"machine": machine, "connections": args.connections, "results": results}, indent=2))
-    print(f"written to {out}")
+    nginx_row = results["nginx return 302"]
+
+    def sample(row: dict[str, Any], key: str) -> Sample:
+        return Sample.of([run[key] for run in row["runs"]])
+
+    name = "scan via Envoy, recorded"
+    share = ours["rps"] / nginx_row["rps"]
+    figures = [
+        Figure(
+            name,
+            "req/s",
+            sample(ours, "rps"),
+            "nginx return 302",
+            sample(nginx_row, "rps"),
+            target="ratio >= 0.25",
+            met=share >= 0.25,
+        ),
+        Figure(name, "req/s", sample(ours, "rps"), "uvicorn bare 302", sample(results["uvicorn bare 302"], "rps")),
+        Figure(
+            name,
+            "req/s",
+            sample(ours, "rps"),
+            "Envoy (same config) -> nginx",
+            sample(results["Envoy (same config) -> nginx 302"], "rps"),
+        ),
+        Figure(name, "ms p50", sample(ours, "p50_ms"), "nginx return 302", sample(nginx_row, "p50_ms"), False),
+        Figure(
+            name,
+            "ms p99",
+            sample(ours, "p99_ms"),
+            "nginx return 302",
+            sample(nginx_row, "p99_ms"),
+            False,
+            target="p99 <= 15 ms",
+            met=ours["p99_ms"] <= 15.0,
+        ),
+        Figure(
+            "events stored in the stream",
+            "events",
+            sample(ours, "events_stored"),
+            "requests answered (wrk)",
+            sample(ours, "requests"),
+            details={"note": "runs stop with up to one request per connection still in flight"},
+        ),
+    ]
+    print(f"wrk -t2 -c{args.connections}, {args.runs} runs of {args.seconds} s each, medians")
+    emit("redirect", figures, args=vars(args), extra={"servers": results})
     return 0
 
 

@@ -5,19 +5,15 @@
 Figures: a plain URL as PNG (~500 px) against segno and python-qrcode; the same as SVG against segno;
 a styled PNG (rounded modules, custom eyes, logo, frame) against python-qrcode's styled image. Each
 figure is the median renders/s over several runs, with the spread (max - min) / median.
-Prints a table and writes bench/results/render.json.
+Prints a table and writes bench/results/render.json (see bench/report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
-import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import qrcode  # type: ignore[import-untyped]
@@ -26,6 +22,7 @@ from PIL import Image as PILImage
 from qrcode.image.styledpil import StyledPilImage  # type: ignore[import-untyped]
 from qrcode.image.styles.moduledrawers.pil import RoundedModuleDrawer  # type: ignore[import-untyped]
 
+from bench.report import Figure, Sample, emit
 from qrmesh.qr.domain.design import (
     Design,
     EyeBallShape,
@@ -124,11 +121,9 @@ def rate(fn: Callable[[], bytes], seconds: float) -> float:
     return count / elapsed
 
 
-def measure(fn: Callable[[], bytes], seconds: float, runs: int) -> dict[str, float]:
+def measure(fn: Callable[[], bytes], seconds: float, runs: int) -> Sample:
     """Median renders/s over `runs` runs and their spread."""
-    samples = [rate(fn, seconds) for _ in range(runs)]
-    median = statistics.median(samples)
-    return {"rps": median, "spread": (max(samples) - min(samples)) / median, "runs": float(runs)}
+    return Sample.of([rate(fn, seconds) for _ in range(runs)])
 
 
 def main() -> None:
@@ -138,30 +133,32 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    figures = [
-        ("plain PNG vs segno", ours(Design(), Format.PNG), "segno PNG", segno_png, 7.0),
-        ("plain PNG vs python-qrcode", ours(Design(), Format.PNG), "python-qrcode PNG", qrcode_png, None),
-        ("plain SVG vs segno", ours(Design(), Format.SVG), "segno SVG", segno_svg, None),
-        ("styled PNG vs python-qrcode", ours(STYLED, Format.PNG), "python-qrcode styled", qrcode_styled, None),
+    # (name, ours, baseline name, baseline, target on the ratio or on our rate)
+    cases: list[tuple[str, Callable[[], bytes], str, Callable[[], bytes], float | None, float | None]] = [
+        ("plain PNG", ours(Design(), Format.PNG), "segno PNG", segno_png, 7.0, None),
+        ("plain PNG", ours(Design(), Format.PNG), "python-qrcode PNG", qrcode_png, None, None),
+        ("plain SVG", ours(Design(), Format.SVG), "segno SVG", segno_svg, None, 1000.0),
+        (
+            "styled PNG (logo, frame, eyes)",
+            ours(STYLED, Format.PNG),
+            "python-qrcode styled",
+            qrcode_styled,
+            None,
+            150.0,
+        ),
     ]
-    targets = {"plain SVG vs segno": 1000.0, "styled PNG vs python-qrcode": 150.0}
-    results: dict[str, Any] = {}
     print(f"renders/s on one core, median of {args.runs} runs of {args.seconds:g} s, image ~{SIZE} px")
-    print(f"{'figure':30}{'ours':>10}{'spread':>8}{'baseline':>24}{'rps':>9}{'spread':>8}{'ratio':>8}  target")
-    for name, mine, base_name, base, ratio_target in figures:
+    figures = []
+    for name, mine, base_name, base, ratio_target, rate_target in cases:
         our = measure(mine, args.seconds, args.runs)
         theirs = measure(base, args.seconds, args.runs)
-        ratio = our["rps"] / theirs["rps"]
-        target = f">= {ratio_target:g}x" if ratio_target else f">= {targets[name]:g}/s" if name in targets else "-"
-        results[name] = {"ours": our, "baseline": {"name": base_name, **theirs}, "ratio": ratio, "target": target}
-        print(
-            f"{name:30}{our['rps']:10.0f}{our['spread']:8.1%}{base_name:>24}{theirs['rps']:9.0f}"
-            f"{theirs['spread']:8.1%}{ratio:7.1f}x  {target}"
-        )
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    document = {"machine": platform.platform(), "python": platform.python_version(), "args": vars(args), **results}
-    (out / "render.json").write_text(json.dumps(document, indent=2) + "\n")
+        target, met = "", None
+        if ratio_target is not None:
+            target, met = f"ratio >= {ratio_target:g}x", our.median / theirs.median >= ratio_target
+        elif rate_target is not None:
+            target, met = f">= {rate_target:g}/s", our.median >= rate_target
+        figures.append(Figure(name, "renders/s", our, base_name, theirs, higher_is_better=True, target=target, met=met))
+    emit("render", figures, args=vars(args))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Render over gRPC: qrmesh's qr service (full interceptor chain: tracing,
 validation, error mapping, proto translation) against a bare grpc.aio server
 calling the same renderer, and the renderer alone in-process, all measured in
-this run.
+this run. Uses DATABASE_URL / REDIS_URL when set, the embedded servers otherwise.
 
     python -m bench.render_rpc [--requests 2000] [--concurrency 16] [--runs 3]
 
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import platform
-import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import Any
 import grpc
 from google.api import httpbody_pb2
 
-from qrmesh.platform.server import ServiceSpec, create_server
+from bench.report import Figure, Sample, emit
+from bench.servers import engines
+from qrmesh.platform.server import create_server
 from qrmesh.platform.settings import Settings
 from qrmesh.qr import server as qr_server
 from qrmesh.qr.domain.design import Design
@@ -92,14 +92,10 @@ def in_process(requests: int) -> dict[str, float]:
     return {"rps": requests / elapsed, "p50_ms": elapsed / requests * 1000, "p99_ms": float("nan")}
 
 
-async def measure(runs: int, fn: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, Any]:
+async def measure(runs: int, fn: Callable[[], Awaitable[dict[str, float]]]) -> dict[str, Sample]:
+    """Each reading's median over `runs` runs, with its spread."""
     samples = [await fn() for _ in range(runs)]
-    out: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        out[key] = statistics.median(values)
-        out[key + "_spread"] = (max(values) - min(values)) / out[key] if out[key] else 0.0
-    return out
+    return {key: Sample.of([s[key] for s in samples]) for key in samples[0]}
 
 
 async def main() -> None:
@@ -109,33 +105,28 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    settings = Settings(service="qr", database_url="postgresql://unused", redis_url="redis://unused", port=0)
-    spec = ServiceSpec(name="qr", register=qr_server.register, uses_database=False, uses_redis=False)
-    ours, our_port = await create_server(settings, spec)
-    await ours.start()
-    bare, bare_port = await bare_server()
-    try:
-        results = {
-            "renderer in-process": await measure(args.runs, lambda: asyncio.to_thread(in_process, args.requests // 4)),
-            "bare grpc.aio + renderer": await measure(
-                args.runs, lambda: load(bare_port, args.requests, args.concurrency)
-            ),
-            "qrmesh qr service": await measure(args.runs, lambda: load(our_port, args.requests, args.concurrency)),
-        }
-    finally:
-        await ours.stop(0)
-        await bare.stop(0)
+    with tempfile.TemporaryDirectory(prefix="qrmesh-bench-") as tmp, engines(Path(tmp)) as (database_url, redis_url):
+        settings = Settings(service="qr", database_url=database_url, redis_url=redis_url, port=0)
+        ours, our_port = await create_server(settings, qr_server.SPEC)
+        await ours.start()
+        bare, bare_port = await bare_server()
+        try:
+            alone = await measure(args.runs, lambda: asyncio.to_thread(in_process, args.requests // 4))
+            base = await measure(args.runs, lambda: load(bare_port, args.requests, args.concurrency))
+            mine = await measure(args.runs, lambda: load(our_port, args.requests, args.concurrency))
+        finally:
+            await ours.stop(0)
+            await bare.stop(0)
 
-    baseline = results["bare grpc.aio + renderer"]
     print(f"RenderQrCode PNG 512px, {args.requests} calls x {args.runs} runs, concurrency {args.concurrency}")
-    print(f"{'':26}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'vs bare':>10}{'spread':>9}")
-    for name, r in results.items():
-        ratio = r["rps"] / baseline["rps"]
-        print(f"{name:26}{r['rps']:10.0f}{r['p50_ms']:10.2f}{r['p99_ms']:10.2f}{ratio:10.2f}{r['rps_spread']:9.1%}")
-    out = Path(__file__).with_name("results")
-    out.mkdir(exist_ok=True)
-    document = {"machine": platform.platform(), "python": platform.python_version(), "args": vars(args), **results}
-    (out / "render_rpc.json").write_text(json.dumps(document, indent=2))
+    bare_name = "bare grpc.aio + same renderer"
+    figures = [
+        Figure("RenderQrCode, qr service", "req/s", mine["rps"], bare_name, base["rps"]),
+        Figure("RenderQrCode, qr service", "ms p50", mine["p50_ms"], bare_name, base["p50_ms"], higher_is_better=False),
+        Figure("RenderQrCode, qr service", "ms p99", mine["p99_ms"], bare_name, base["p99_ms"], higher_is_better=False),
+        Figure("bare grpc.aio + renderer", "req/s", base["rps"], "renderer in-process", alone["rps"]),
+    ]
+    emit("render_rpc", figures, args=vars(args))
 
 
 if __name__ == "__main__":

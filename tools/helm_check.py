@@ -81,7 +81,7 @@ def _default() -> dict[str, Any]:
 INVALID_VALUES: dict[str, dict[str, Any]] = {
     "an unknown top-level key": {"replicas": 3},
     "a misspelt key in a service": {"services": {"qr": {"replicaCont": 3}}},
-    "a service the edge does not know": {"services": {"billing": {"grpcPort": 50060}}},
+    "a service the edge does not know": {"services": {"payments": {"grpcPort": 50060}}},
     "a port the edge does not use": {"services": {"identity": {"grpcPort": 50099}}},
     "a redirect-only key on another service": {"services": {"identity": {"httpPort": 8081}}},
     "a wrong type": {"services": {"qr": {"replicaCount": "three"}}},

@@ -819,6 +819,10 @@ class _Builder:
             )
         else:
             i, fd = _top_field(request, binding.body)
+            if fd.type == Type.TYPE_MESSAGE and fd.type_name.lstrip(".") == HTTP_BODY:
+                # The transcoder passes the raw body into an HttpBody field (e.g. a signed webhook).
+                comment = self.index.comment(request.file, _field_location(request, i))
+                return {"required": True, "description": comment, "content": {"*/*": {"schema": dict(_BINARY)}}}
             exclude = frozenset(p.partition(".")[2] for p in bound if p.startswith(binding.body + "."))
             if fd.type == Type.TYPE_MESSAGE and fd.label != FieldProto.LABEL_REPEATED:
                 schema = self.schemas.value_schema(fd, _rules(fd), exclude)
