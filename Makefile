@@ -14,7 +14,7 @@ BREAKING_AGAINST ?= main
 
 .PHONY: help
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z%-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "qrmesh needs Python 3.11 or newer")'
@@ -66,6 +66,14 @@ fmt: $(INSTALLED) ## Format Python and protos in place
 .PHONY: test
 test: $(INSTALLED) ## Run the whole test suite against real PostgreSQL, Redis and Envoy
 	$(BIN)/pytest
+
+.PHONY: bench
+bench: $(INSTALLED) ## Every benchmark beside its baseline (needs wrk and nginx); writes BENCHMARKS.md
+	$(BIN)/python -m bench --markdown BENCHMARKS.md
+
+.PHONY: bench-%
+bench-%: $(INSTALLED) ## One benchmark part, e.g. make bench-redirect
+	$(BIN)/python -m bench --only $*
 
 .PHONY: run
 run: $(INSTALLED) ## Start PostgreSQL, Valkey, every service and Envoy; Ctrl-C stops them

@@ -123,10 +123,30 @@ def redis_url() -> Iterator[str]:
 
 
 SERVICE_SECRET = "test-service-secret"
+# The suite is one client making thousands of calls from one address (127.0.0.1), so the servers it
+# shares get room for callers not signed in (and, in a mesh, for users outside organizations and API
+# keys; inside an organization its plan decides). Tests of the limits build servers with tiny rates.
+ROOMY_RATES = {
+    "QRMESH_RATE_ANONYMOUS_PER_SECOND": "10000",
+    "QRMESH_RATE_ANONYMOUS_BURST": "10000",
+    "QRMESH_RATE_USER_PER_SECOND": "10000",
+    "QRMESH_RATE_USER_BURST": "10000",
+    "QRMESH_RATE_API_KEY_PER_SECOND": "10000",
+    "QRMESH_RATE_API_KEY_BURST": "10000",
+}
+WEBHOOK_SECRET = "whsec_test_qrmesh_endpoint_secret"
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str, redis_url: str) -> Settings:
+def billing_socket(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the session's billing service also listens: identity and qr ask billing about plans, billing asks
+    them about usage, so billing's address is given before it starts (as a Kubernetes Service name is). A path
+    in a private folder cannot be taken by anything else meanwhile, unlike a free port picked in advance."""
+    return tmp_path_factory.mktemp("billing") / "billing.sock"
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, redis_url: str, billing_socket: Path) -> Settings:
     """Settings every service of the test session shares (a free port each)."""
     return Settings(
         service="identity",
@@ -135,18 +155,54 @@ def base_settings(database_url: str, redis_url: str) -> Settings:
         port=0,
         shutdown_grace=1.0,
         service_secret=SERVICE_SECRET,
+        rate_anonymous_per_second=10_000.0,
+        rate_anonymous_burst=10_000,
+        extra={"BILLING_ADDR": f"unix:{billing_socket}"},
     )
 
 
 @pytest.fixture(scope="session")
-async def identity_server(base_settings: Settings) -> AsyncIterator[Server]:
-    """The identity service, serving on a free port for the whole session."""
+async def core_servers(base_settings: Settings, billing_socket: Path) -> AsyncIterator[tuple[Server, Server, Server]]:
+    """Identity, qr and billing on free ports for the whole session, started in that order: each is given the
+    addresses of those started before it, and billing's Unix socket (billing's job runs only when a test
+    drives it: `billing_for(...).run_job(now, organizations=[...])`)."""
+    from qrmesh.billing import server as billing_server_module
     from qrmesh.identity import server as identity_server_module
 
-    server, _ = await identity_server_module.create_server(base_settings)
-    await server.start()
-    yield server
-    await server.stop(0)
+    identity, _ = await identity_server_module.create_server(base_settings)
+    await identity.start()
+    qr_settings = dataclasses.replace(base_settings, service="qr", identity_address=f"127.0.0.1:{identity.port}")
+    qr, _ = await qr_server_module.create_server(qr_settings)
+    await qr.start()
+    billing_settings = dataclasses.replace(
+        base_settings,
+        service="billing",
+        identity_address=f"127.0.0.1:{identity.port}",
+        extra={
+            "SOCKET": str(billing_socket),
+            "USAGE_ADDRS": f"127.0.0.1:{identity.port},127.0.0.1:{qr.port}",
+            "JOB_INTERVAL": "3600",
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        },
+    )
+    billing, _ = await billing_server_module.create_server(billing_settings)
+    await billing.start()
+    yield identity, qr, billing
+    await billing.stop(0)
+    await qr.stop(0)
+    await identity.stop(0)
+
+
+@pytest.fixture(scope="session")
+def identity_server(core_servers: tuple[Server, Server, Server]) -> Server:
+    """The identity service, serving on a free port for the whole session (qr and billing run beside it)."""
+    return core_servers[0]
+
+
+@pytest.fixture(scope="session")
+def billing_server(core_servers: tuple[Server, Server, Server]) -> Server:
+    """The billing service (a free port, and `billing_socket`, the address every other service is given)."""
+    return core_servers[2]
 
 
 @pytest.fixture(scope="session")
@@ -156,12 +212,9 @@ def settings(base_settings: Settings, identity_server: Server) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def qr_server(settings: Settings) -> AsyncIterator[Server]:
-    """The qr service, serving on a free port for the whole session."""
-    server, _ = await qr_server_module.create_server(settings)
-    await server.start()
-    yield server
-    await server.stop(0)
+def qr_server(core_servers: tuple[Server, Server, Server]) -> Server:
+    """The qr service (built from `settings`) on a free port for the whole session; billing counts its usage."""
+    return core_servers[1]
 
 
 @pytest.fixture(scope="session")
@@ -184,6 +237,66 @@ async def redirect_server(redirect_settings: Settings) -> AsyncIterator[Server]:
     from qrmesh.redirect import server as redirect_server_module
 
     server, _ = await redirect_server_module.create_server(redirect_settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def analytics_stream() -> str:
+    """The private scans stream of this session's analytics pair (never the shared `scans`)."""
+    return f"test-scans-{secrets.token_hex(6)}"
+
+
+@pytest.fixture(scope="session")
+def analytics_settings(settings: Settings, qr_server: Server, analytics_stream: str) -> Settings:
+    """Settings for an analytics service consuming `analytics_stream` (pending entries claimed after 1 s)."""
+    return dataclasses.replace(
+        settings,
+        service="analytics",
+        extra={
+            "STREAM": analytics_stream,
+            "QR_ADDR": f"127.0.0.1:{qr_server.port}",
+            "BILLING_ADDR": settings.extra["BILLING_ADDR"],
+            "BLOCK_MS": "100",
+            "CLAIM_IDLE_MS": "1000",
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+async def analytics_server(analytics_settings: Settings, analytics_stream: str) -> AsyncIterator[Server]:
+    """The analytics service in-process on a free port, consuming the session's private stream.
+
+    How tests get events: scan through `analytics_redirect` (a redirect whose events go to the same
+    private stream, `.resources.ports["http"]`), or XADD `ScanEvent`s to `analytics_stream` yourself
+    (field `event`). Ingestion is asynchronous: poll the database or the RPCs until the counts arrive.
+    The stream and its dead-letter stream are deleted at the end of the session.
+    """
+    from qrmesh.analytics import server as analytics_server_module
+
+    server, _ = await analytics_server_module.create_server(analytics_settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+    client = redis.Redis.from_url(analytics_settings.redis_url)
+    client.delete(analytics_stream, f"{analytics_stream}:dead")
+    client.close()
+
+
+@pytest.fixture(scope="session")
+async def analytics_redirect(
+    redirect_settings: Settings,
+    analytics_server: Server,
+    analytics_stream: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Server]:
+    """A redirect (HTTP on `.resources.ports["http"]`) whose scan events go to `analytics_stream`, which
+    `analytics_server` consumes; `redirect_server` writes to the shared `scans` instead."""
+    from qrmesh.redirect import server as redirect_server_module
+
+    extra = {**redirect_settings.extra, "STREAM": analytics_stream, "SPOOL_DIR": str(tmp_path_factory.mktemp("spool"))}
+    server, _ = await redirect_server_module.create_server(dataclasses.replace(redirect_settings, extra=extra))
     await server.start()
     yield server
     await server.stop(0)
@@ -241,7 +354,17 @@ class ServiceProcess:
         }
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "qrmesh.cli", "serve", name, "--port", "0", "--port-file", str(self.port_file)],
+            [
+                sys.executable,
+                "-m",
+                "qrmesh.cli",
+                "serve",
+                name,
+                "--port",
+                extra_env.get("QRMESH_GRPC_PORT", "0"),
+                "--port-file",
+                str(self.port_file),
+            ],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -271,29 +394,75 @@ class ServiceProcess:
 
 
 @contextlib.contextmanager
-def running_mesh(settings: Settings, workdir: Path) -> Iterator[tuple[str, dict[str, ServiceProcess]]]:
-    """Every service in its own process (identity first) behind a real Envoy; the edge URL once healthy."""
+def running_mesh(
+    settings: Settings, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, dict[str, ServiceProcess]]]:
+    """Every service in its own process (identity first) behind a real Envoy; the edge URL once healthy.
+
+    `env` goes to every service process, over `ROOMY_RATES` (e.g. QRMESH_RATE_* for a test that wants
+    tiny rate limits).
+    """
+    from qrmesh.analytics import server as analytics_server_module
+    from qrmesh.billing import server as billing_server_module
     from qrmesh.identity import server as identity_server_module
 
+    env = {**ROOMY_RATES, **(env or {})}
+    analytics_group = f"test-analytics-{secrets.token_hex(4)}"
+
     processes: dict[str, ServiceProcess] = {}
+    # Identity and qr ask billing about plans, so its address is given before they start: a Unix socket in
+    # this mesh's folder (billing's TCP port, for the edge, is picked when it starts).
+    billing_socket = workdir / "billing.sock"
+    billing = f"unix:{billing_socket}"
     try:
-        processes["identity"] = ServiceProcess("identity", settings, workdir)
+        processes["identity"] = ServiceProcess(
+            "identity", settings, workdir, **env, QRMESH_IDENTITY_BILLING_ADDR=billing
+        )
         address = f"127.0.0.1:{processes['identity'].port}"
-        processes["qr"] = ServiceProcess("qr", settings, workdir, QRMESH_IDENTITY_ADDR=address)
+        processes["qr"] = ServiceProcess(
+            "qr", settings, workdir, QRMESH_IDENTITY_ADDR=address, **env, QRMESH_QR_BILLING_ADDR=billing
+        )
+        processes["billing"] = ServiceProcess(
+            "billing",
+            settings,
+            workdir,
+            QRMESH_BILLING_SOCKET=str(billing_socket),
+            **env,
+            QRMESH_IDENTITY_ADDR=address,
+            QRMESH_BILLING_USAGE_ADDRS=f"{address},127.0.0.1:{processes['qr'].port}",
+            QRMESH_BILLING_STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        )
         processes["redirect"] = ServiceProcess(
             "redirect",
             settings,
             workdir,
+            **env,
             QRMESH_REDIRECT_QR_ADDR=f"127.0.0.1:{processes['qr'].port}",
             QRMESH_REDIRECT_HTTP_PORT="0",
             QRMESH_REDIRECT_SPOOL_DIR=str(workdir / "spool"),
         )
+        # Analytics reads the shared `scans` stream in a group of its own that starts at the stream's end (so
+        # it sees this mesh's scans, not the stream's history), destroyed when the mesh stops.
+        processes["analytics"] = ServiceProcess(
+            "analytics",
+            settings,
+            workdir,
+            **env,
+            QRMESH_IDENTITY_ADDR=address,
+            QRMESH_ANALYTICS_QR_ADDR=f"127.0.0.1:{processes['qr'].port}",
+            QRMESH_ANALYTICS_BILLING_ADDR=billing,
+            QRMESH_ANALYTICS_GROUP=analytics_group,
+            QRMESH_ANALYTICS_GROUP_START="$",
+            QRMESH_ANALYTICS_BLOCK_MS="100",
+        )
         upstreams = [
             Upstream("identity", "127.0.0.1", processes["identity"].port, identity_server_module.GRPC_SERVICES),
             Upstream("qr", "127.0.0.1", processes["qr"].port, qr_server_module.GRPC_SERVICES),
+            Upstream("billing", "127.0.0.1", processes["billing"].port, billing_server_module.GRPC_SERVICES),
             Upstream(
                 "redirect", "127.0.0.1", processes["redirect"].port, [], http_port=processes["redirect"].http_port
             ),
+            Upstream("analytics", "127.0.0.1", processes["analytics"].port, analytics_server_module.GRPC_SERVICES),
         ]
         # One trusted hop: tests play the load balancer and say who the client is in X-Forwarded-For.
         with running_edge(upstreams, workdir, trusted_hops=1) as (base_url, _):
@@ -302,6 +471,10 @@ def running_mesh(settings: Settings, workdir: Path) -> Iterator[tuple[str, dict[
     finally:
         for process in reversed(processes.values()):
             process.stop()
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis.from_url(settings.redis_url)
+            client.xgroup_destroy("scans", analytics_group)
+            client.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The `qrmesh` command: serve one service, run the local stack, render the edge config."""
+"""The `qrmesh` command: serve one service, run the local stack, render the edge config, grant plans."""
 
 from __future__ import annotations
 
@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     migrate = commands.add_parser("migrate", help="apply a service's database migrations")
     migrate.add_argument("service", choices=sorted(SERVICES))
     migrate.set_defaults(handler=_migrate)
+
+    from qrmesh.billing.admin import add_commands as add_billing_commands
+
+    add_billing_commands(commands, SERVICES["billing"].default_port)
 
     args = parser.parse_args(argv)
     code: int = args.handler(args)

@@ -29,12 +29,16 @@ class ServiceEntry:
 
 
 # In start order: identity first, since every other service verifies callers with it;
-# the redirect after qr, which it asks about links.
+# billing after qr and identity, whose usage it counts (they reach billing at an address given
+# before it starts); the redirect after qr, which it asks about links; analytics last, consuming the
+# redirect's scans.
 SERVICES: dict[str, ServiceEntry] = {
     entry.name: entry
     for entry in [
         ServiceEntry(name="identity", module="qrmesh.identity.server", default_port=50052),
         ServiceEntry(name="qr", module="qrmesh.qr.server", default_port=50051),
+        ServiceEntry(name="billing", module="qrmesh.billing.server", default_port=50055),
         ServiceEntry(name="redirect", module="qrmesh.redirect.server", default_port=50053, http_port=8081),
+        ServiceEntry(name="analytics", module="qrmesh.analytics.server", default_port=50054),
     ]
 }

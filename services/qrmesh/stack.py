@@ -93,6 +93,15 @@ class Stack:
         env.setdefault("QRMESH_REDIRECT_SPOOL_DIR", str(self.data_dir / "spool"))
         # Every service serves /metrics on a port of its own, picked by the OS.
         env["QRMESH_METRICS_PORT"] = "0"
+        # Services ask billing about plans, and billing asks identity and qr about usage, so billing's address is
+        # given before it starts: a Unix socket in the data folder (a free port picked now could be taken by a
+        # service starting in between). Its TCP port, for the edge, is picked when it starts like the others'.
+        billing_socket = (self.data_dir / "billing.sock").resolve()
+        env["QRMESH_BILLING_SOCKET"] = str(billing_socket)
+        for other in SERVICES:
+            if other != "billing":
+                env.setdefault(f"QRMESH_{other.upper()}_BILLING_ADDR", f"unix:{billing_socket}")
+        usage_addresses: list[str] = []
         upstreams = []
         for name, entry in SERVICES.items():
             port_file = self.data_dir / f"{name}.port"
@@ -119,10 +128,14 @@ class Stack:
                     name=name, host="127.0.0.1", port=port, grpc_services=entry.grpc_services(), http_port=http_port
                 )
             )
+            if name in ("identity", "qr"):
+                usage_addresses.append(f"127.0.0.1:{port}")
+                env["QRMESH_BILLING_USAGE_ADDRS"] = ",".join(usage_addresses)
             if name == "identity":
                 env["QRMESH_IDENTITY_ADDR"] = f"127.0.0.1:{port}"
             if name == "qr":
                 env["QRMESH_REDIRECT_QR_ADDR"] = f"127.0.0.1:{port}"
+                env["QRMESH_ANALYTICS_QR_ADDR"] = f"127.0.0.1:{port}"
 
         trusted_hops = int(os.environ.get("QRMESH_EDGE_TRUSTED_HOPS", "0") or 0)
         config = render_config(upstreams, listen_port=self.edge_port, trusted_hops=trusted_hops)

@@ -19,6 +19,7 @@ import helm_python
 import pytest
 import yaml
 
+from qrmesh.analytics.config import AnalyticsConfig
 from qrmesh.descriptors import DESCRIPTOR_SET_PATH
 from qrmesh.edge import static_files, validate_config
 from qrmesh.identity.config import IdentityConfig
@@ -297,6 +298,8 @@ def test_each_service_reads_its_settings_from_what_the_chart_gives_it(
             assert config.qr_address == "qrmesh-qr:50051"
             assert config.http_port == 8081
             assert str(config.spool_dir) == "/var/lib/qrmesh/spool"
+        if name == "analytics":
+            assert AnalyticsConfig.from_settings(settings).qr_address == "qrmesh-qr:50051"
         if name == "identity":
             IdentityConfig.from_settings(settings)
 
