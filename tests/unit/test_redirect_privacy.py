@@ -12,7 +12,7 @@ from datetime import date
 import pytest
 from argon2 import PasswordHasher
 
-from qrmesh.redirect.domain import ids
+from qrmesh.platform import ids
 from qrmesh.redirect.domain.passwords import verify_password
 from qrmesh.redirect.domain.privacy import anonymize_ip, sticky_bucket, visitor_id
 

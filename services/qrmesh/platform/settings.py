@@ -107,6 +107,10 @@ class Settings:
     """Calls an address may make at once (QRMESH_RATE_ANONYMOUS_BURST)."""
     rate_timeout: float = 0.2
     """Seconds the rate limiter waits for Redis before letting the call through (QRMESH_RATE_TIMEOUT)."""
+    events_stream: str = "events"
+    """Redis stream of domain events (QRMESH_EVENTS_STREAM): `qrmesh.events.v1.Event` entries."""
+    mail_stream: str = "mail"
+    """Redis stream of mail to send (QRMESH_MAIL_STREAM): `qrmesh.events.v1.Mail` entries."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Service-specific variables (QRMESH_<SERVICE>_*), for the service to parse."""
 
@@ -139,5 +143,7 @@ class Settings:
             rate_anonymous_per_second=_float(env, "QRMESH_RATE_ANONYMOUS_PER_SECOND", 20.0, low=0.0, high=1e6),
             rate_anonymous_burst=int_setting(env, "QRMESH_RATE_ANONYMOUS_BURST", 100, low=1, high=1_000_000),
             rate_timeout=_float(env, "QRMESH_RATE_TIMEOUT", 0.2, low=0.001, high=10.0),
+            events_stream=_text(env, "QRMESH_EVENTS_STREAM", "events"),
+            mail_stream=_text(env, "QRMESH_MAIL_STREAM", "mail"),
             extra={k[len(prefix) :]: v for k, v in env.items() if k.startswith(prefix)},
         )

@@ -43,7 +43,7 @@ from qrmesh.redirect.config import RedirectConfig
 from qrmesh.redirect.domain import pages
 from qrmesh.redirect.domain.agent import Agent, classify
 from qrmesh.redirect.domain.geo import CountryLookup
-from qrmesh.redirect.domain.ids import uuid7
+from qrmesh.platform.ids import uuid7
 from qrmesh.redirect.domain.language import preferred_languages
 from qrmesh.redirect.domain.passwords import verify_password
 from qrmesh.redirect.domain.privacy import anonymize_ip, sticky_bucket, visitor_id
