@@ -157,6 +157,9 @@ def base_settings(database_url: str, redis_url: str, billing_socket: Path) -> Se
         service_secret=SERVICE_SECRET,
         rate_anonymous_per_second=10_000.0,
         rate_anonymous_burst=10_000,
+        # Private streams: events and mail of this session never mix with another run's.
+        events_stream=f"test-events-{secrets.token_hex(6)}",
+        mail_stream=f"test-mail-{secrets.token_hex(6)}",
         extra={"BILLING_ADDR": f"unix:{billing_socket}"},
     )
 

@@ -18,6 +18,7 @@ def qr_codes_for(resources: Resources) -> QrCodes:
         resources.redis,
         public_base_url=resources.settings.public_base_url,
         plans=plans_for(resources),
+        events_stream=resources.settings.events_stream,
     )
     totals = ScanTotals(codes.sessions, resources.redis)
     resources.on_start.append(codes.start)

@@ -9,7 +9,6 @@ dynamic codes reach Redis after the commit (`LinkPublisher`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,11 +16,13 @@ from typing import Any
 
 import redis.asyncio as redis
 from argon2 import PasswordHasher
+from google.protobuf import json_format
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from qrmesh.billing.client import Plans, UnconfiguredPlans, require_feature, require_room
 from qrmesh.billing.domain.entitlements import DYNAMIC_CODES
+from qrmesh.events.v1 import event_pb2
 from qrmesh.platform.errors import (
     Aborted,
     AlreadyExists,
@@ -30,7 +31,9 @@ from qrmesh.platform.errors import (
     NotFound,
     Unavailable,
 )
-from qrmesh.qr import links, names, store
+from qrmesh.platform.events import new_event
+from qrmesh.qr import events, links, names, store
+from qrmesh.qr.convert import etag_of, qr_code_to_proto
 from qrmesh.qr.domain import ids, labels, listing, shortcodes
 from qrmesh.qr.domain.link_rules import check_password, merge_rules, normalize_rules
 from qrmesh.qr.domain.plan_features import required_features
@@ -57,11 +60,6 @@ _LINK_PASSWORD_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, paralleli
 def utcnow() -> datetime:
     """The current time, in UTC."""
     return datetime.now(UTC)
-
-
-def etag_of(code: store.QrCodeRecord) -> str:
-    """The etag of a code as stored: it changes with every update."""
-    return hashlib.sha256(f"{code.id}:{code.revision}".encode()).hexdigest()[:20]
 
 
 def hash_link_password(password: str) -> str:
@@ -92,7 +90,13 @@ class QrCodes:
     """Every operation on stored codes, over one database engine and one Redis client."""
 
     def __init__(
-        self, engine: AsyncEngine, client: redis.Redis, *, public_base_url: str, plans: Plans | None = None
+        self,
+        engine: AsyncEngine,
+        client: redis.Redis,
+        *,
+        public_base_url: str,
+        plans: Plans | None = None,
+        events_stream: str = "events",
     ) -> None:
         self.plans: Plans = plans or UnconfiguredPlans("QRMESH_QR_BILLING_ADDR")
         """What each organization's plan allows (dynamic codes, design and rule features)."""
@@ -100,18 +104,29 @@ class QrCodes:
         self.redis = client
         self.public_base_url = public_base_url.rstrip("/")
         self.publisher = LinkPublisher(self.sessions, client)
+        self.events = events.EventRelay(self.sessions, client, events_stream)
+        """Appends the events changes queue (`qr_code.*`, `batch.completed`) to the events stream."""
 
     async def start(self) -> None:
         """Start background work (links left unwritten are written again)."""
         await self.publisher.start()
+        await self.events.start()
 
     async def close(self) -> None:
         """Stop background work."""
         await self.publisher.close()
+        await self.events.close()
 
     def short_url(self, short_code: str) -> str:
         """The URL a dynamic code's image encodes."""
         return shortcodes.short_url(self.public_base_url, short_code)
+
+    def code_event(self, type: str, code: store.QrCodeRecord) -> event_pb2.Event:
+        """A `qr_code.*` event carrying the code as the API shows it."""
+        short_url = self.short_url(code.short_code) if code.short_code is not None else ""
+        view = qr_code_to_proto(code, short_url)
+        data = json_format.MessageToDict(view)
+        return new_event(type, names.organization_name(code.organization_id), view.name, data)
 
     # ------------------------------------------------------------ checks shared by create and update
 
@@ -260,6 +275,8 @@ class QrCodes:
                     now=now,
                     stale=now - REQUEST_ID_TTL,
                 )
+            await events.record(session, [self.code_event(events.QR_CODE_CREATED, record)])
+        self.events.wake()
         if record.short_code is not None:
             await self.publisher.publish([record.short_code])
         return record
@@ -369,6 +386,8 @@ class QrCodes:
             updated = await store.update_qr_code(code_id, session=session, values=values)
             if updated.short_code is not None:
                 await store.bump_link(updated.short_code, session=session, now=values["updated_at"])
+            await events.record(session, [self.code_event(events.QR_CODE_UPDATED, updated)])
+        self.events.wake()
         if updated.short_code is not None:
             await self.publisher.publish([updated.short_code])
         return updated
@@ -461,6 +480,8 @@ class QrCodes:
             await store.delete_qr_code(code_id, session=session)
             if current.short_code is not None:
                 await store.bump_link(current.short_code, session=session, now=now, retire=True)
+            await events.record(session, [self.code_event(events.QR_CODE_DELETED, current)])
+        self.events.wake()
         if current.short_code is not None:
             await self.publisher.publish([current.short_code])
 

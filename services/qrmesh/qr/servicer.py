@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
-from google.protobuf import empty_pb2, timestamp_pb2
+from google.protobuf import empty_pb2
 from prometheus_client import Counter
 
 from qrmesh.platform.auth import current_principal
 from qrmesh.platform.errors import PermissionDenied
 from qrmesh.platform.metrics import REGISTRY
 from qrmesh.qr import names, store
+from qrmesh.qr.convert import qr_code_to_proto, timestamp
 from qrmesh.qr.domain import listing
 from qrmesh.qr.domain.render import Format, Image, render
 from qrmesh.qr.domain.report import Report, check
 from qrmesh.qr.domain.updates import plan_scan_settings_update, plan_update
 from qrmesh.qr.rendering import prepare
-from qrmesh.qr.service import QrCodes, etag_of
+from qrmesh.qr.service import QrCodes
 from qrmesh.qr.v1 import design_pb2, qr_code_service_pb2, qr_code_service_pb2_grpc, stored_qr_code_pb2
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -66,38 +66,6 @@ def report_to_proto(report: Report) -> qr_code_service_pb2.ScannabilityReport:
     )
 
 
-def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment.astimezone(UTC))
-    return stamp
-
-
-def qr_code_to_proto(code: store.QrCodeRecord, short_url: str) -> QrCode:
-    """The API's view of a stored code (never its password)."""
-    proto = QrCode(
-        name=names.qr_code_name(code.organization_id, code.id),
-        display_name=code.display_name,
-        kind=QrCode.Kind.Value(code.kind),
-        folder=code.folder,
-        tags=list(code.tags),
-        status=QrCode.Status.Value(code.status),
-        create_time=_timestamp(code.created_at),
-        update_time=_timestamp(code.updated_at),
-        scan_count=code.scan_count,
-        etag=etag_of(code),
-    )
-    proto.content.ParseFromString(code.content)
-    proto.design.ParseFromString(code.design)
-    if code.short_code is not None:
-        proto.short_code = code.short_code
-        proto.short_url = short_url
-        proto.rules.ParseFromString(code.rules)
-        proto.rules.max_scans = code.max_scans
-        proto.rules.password_protected = code.password_hash is not None
-        proto.redirect_type = QrCode.RedirectType.Value(code.redirect_type)
-    return proto
-
-
 def scan_settings_to_proto(
     organization: str, settings: store.ScanSettingsRecord | None
 ) -> stored_qr_code_pb2.ScanSettings:
@@ -105,7 +73,7 @@ def scan_settings_to_proto(
     proto = stored_qr_code_pb2.ScanSettings(name=names.scan_settings_name(organization))
     if settings is not None:
         proto.store_full_ip_addresses = settings.store_full_ip_addresses
-        proto.update_time.CopyFrom(_timestamp(settings.updated_at))
+        proto.update_time.CopyFrom(timestamp(settings.updated_at))
     return proto
 
 
