@@ -31,7 +31,7 @@ class ServiceEntry:
 # In start order: identity first, since every other service verifies callers with it;
 # billing after qr and identity, whose usage it counts (they reach billing at an address given
 # before it starts); the redirect after qr, which it asks about links; analytics last, consuming the
-# redirect's scans.
+# redirect's scans; webhooks after it, consuming events and scans.
 SERVICES: dict[str, ServiceEntry] = {
     entry.name: entry
     for entry in [
@@ -40,5 +40,6 @@ SERVICES: dict[str, ServiceEntry] = {
         ServiceEntry(name="billing", module="qrmesh.billing.server", default_port=50055),
         ServiceEntry(name="redirect", module="qrmesh.redirect.server", default_port=50053, http_port=8081),
         ServiceEntry(name="analytics", module="qrmesh.analytics.server", default_port=50054),
+        ServiceEntry(name="webhooks", module="qrmesh.webhooks.server", default_port=50056),
     ]
 }

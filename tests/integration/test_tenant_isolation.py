@@ -91,12 +91,14 @@ async def test_member_of_a_cannot_reach_b(
     qr_server: Server,
     billing_server: Server,
     analytics_server: Server,
+    webhooks_server: Server,
 ) -> None:
     servers = {
         "qrmesh.identity.v1": identity_server,
         "qrmesh.qr.v1": qr_server,
         "qrmesh.billing.v1": billing_server,
         "qrmesh.analytics.v1": analytics_server,
+        "qrmesh.webhooks.v1": webhooks_server,
     }
     port = servers[method.containing_service.file.package].port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{identity_server.port}") as identity:

@@ -1,0 +1,5 @@
+"""Alembic environment for the webhooks schema."""
+
+from qrmesh.platform import migrations
+
+migrations.run(None)
