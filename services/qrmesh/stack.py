@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from qrmesh.edge import EnvoyProcess, Upstream, render_config
 from qrmesh.mesh import SERVICES
@@ -51,6 +52,50 @@ def start_valkey(data_dir: Path) -> tuple[str, Callable[[], None]]:
     server = ValkeyServer(data_dir=data_dir / "valkey", persist=True)
     server.start()
     return server.connection_url, server.stop
+
+
+MAIL_SINK_PORT = 1025
+"""Where the local mail sink listens unless QRMESH_MAIL_SINK_PORT says otherwise."""
+
+
+class MailSink:
+    """An SMTP server's handler (aiosmtpd) that keeps every mail it receives as a `.eml` file in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.received: list[Path] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        from email import message_from_bytes, policy
+
+        content = envelope.original_content or envelope.content
+        data = content if isinstance(content, bytes) else str(content).encode()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}.eml"
+        path.write_bytes(data)
+        self.received.append(path)
+        subject = str(message_from_bytes(data, policy=policy.default).get("subject", ""))
+        say(f"mail to {', '.join(envelope.rcpt_tos)}: {subject!r} -> {path}")
+        return "250 OK: kept"
+
+
+def start_mail_sink(
+    folder: Path, host: str = "127.0.0.1", port: int = MAIL_SINK_PORT, *, handler: object | None = None
+) -> tuple[int, Callable[[], None]]:
+    """An SMTP server (aiosmtpd, in a thread of its own) keeping each mail in `folder` (or given to `handler`);
+    port 0 picks a free one. Returns its port and a stopper."""
+    from aiosmtpd.controller import Controller
+
+    class _Controller(Controller):
+        def _trigger_server(self) -> None:
+            # The port the OS picked for port 0, before aiosmtpd connects to check the server answers.
+            server: Any = self.server
+            self.port = server.sockets[0].getsockname()[1]
+            super()._trigger_server()  # type: ignore[no-untyped-call]
+
+    controller = _Controller(handler or MailSink(folder), hostname=host, port=port)
+    controller.start()
+    return int(controller.port), controller.stop
 
 
 class Stack:
@@ -85,6 +130,21 @@ class Stack:
 
         self.redis_url = redis_url
         env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        if env.get("QRMESH_WEBHOOKS_SMTP_HOST", "").strip():
+            say(f"Mail: sent through {env['QRMESH_WEBHOOKS_SMTP_HOST']} (QRMESH_WEBHOOKS_SMTP_HOST)")
+        else:
+            # No SMTP server given: mail lands in a local sink, one .eml file per mail.
+            sink_port = int(env.get("QRMESH_MAIL_SINK_PORT", "").strip() or MAIL_SINK_PORT)
+            try:
+                sink_port, stop = start_mail_sink(self.data_dir / "mail", "127.0.0.1", sink_port)
+            except OSError as exc:
+                say(f"Mail: port {sink_port} is taken ({exc.strerror or exc}); the sink takes a free one")
+                sink_port, stop = start_mail_sink(self.data_dir / "mail", "127.0.0.1", 0)
+            self.stoppers.append(("mail sink", stop))
+            env["QRMESH_WEBHOOKS_SMTP_HOST"] = "127.0.0.1"
+            env["QRMESH_WEBHOOKS_SMTP_PORT"] = str(sink_port)
+            env.setdefault("QRMESH_WEBHOOKS_MAIL_FROM", "qrmesh <no-reply@qrmesh.localhost>")
+            say(f"Mail: a local SMTP sink on 127.0.0.1:{sink_port} keeps every mail in .qrmesh/mail/")
         env.setdefault("QRMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{self.edge_port}")
         # Services prove themselves to each other with this; a fresh one each run unless given.
         env.setdefault("QRMESH_SERVICE_SECRET", secrets.token_urlsafe(32))

@@ -12,6 +12,7 @@ from qrmesh.billing.usage import USAGE_SERVICE, UsageServicer
 from qrmesh.billing.v1 import billing_service_pb2_grpc
 from qrmesh.identity import names
 from qrmesh.identity.access import LocalAccessBackend, identity_for
+from qrmesh.identity.outbox_relay import OutboxRelay
 from qrmesh.identity.servicer import AccessServicer, ApiKeyServicer, AuthServicer, OrganizationServicer, UserServicer
 from qrmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from qrmesh.platform.server import Resources, Server, ServiceSpec
@@ -31,6 +32,11 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     """Add the five identity servicers and the billing service's UsageService (team members), sharing one
     `Identity`."""
     identity = identity_for(resources)
+    # Mail queued in the outbox goes to the mail stream (the mailer in the webhooks service sends it).
+    assert resources.redis is not None  # noqa: S101 - identity_for refuses to run without Redis
+    relay = OutboxRelay(identity.sessions, resources.redis, resources.settings.mail_stream, identity.mail_queued)
+    resources.on_start.append(relay.start)
+    resources.on_close.append(relay.close)
     identity_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(identity), server)
     identity_service_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(identity), server)
     identity_service_pb2_grpc.add_OrganizationServiceServicer_to_server(OrganizationServicer(identity), server)

@@ -29,6 +29,7 @@ from qrmesh.identity.domain.emails import email_key, normalize_email, same_email
 from qrmesh.identity.domain.pagination import Cursor, decode_page_token, encode_page_token, page_size
 from qrmesh.identity.domain.roles import MemberRole, check_invitation_role, check_removal, check_role_change
 from qrmesh.identity.login_throttle import LoginThrottle, subject_key
+from qrmesh.identity.outbox_relay import mail_origin
 from qrmesh.platform.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -161,6 +162,8 @@ class Identity:
         plans: Plans | None = None,
     ) -> None:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.mail_queued = asyncio.Event()
+        """Set after a commit that queued mail in the outbox; the outbox relay waits on it."""
         self.plans: Plans = plans or UnconfiguredPlans("QRMESH_IDENTITY_BILLING_ADDR")
         """What each organization's plan allows (team members, API access)."""
         self.config = config
@@ -194,7 +197,17 @@ class Identity:
         )
         link = f"{self.config.public_base_url}/{path}?token={quote(token)}"
         body = f"{intro} before {expires:%Y-%m-%d %H:%M} UTC:\n\n{link}\n\nIf it was not you, ignore this email.\n"
-        await store.enqueue_email(session=session, recipient=user.email, subject=subject, body=body, kind=kind, now=now)
+        variables = {"link": link, "expires_at": f"{expires:%Y-%m-%d %H:%M} UTC", "display_name": user.display_name}
+        await store.enqueue_email(
+            session=session,
+            recipient=user.email,
+            subject=subject,
+            body=body,
+            kind=kind,
+            now=now,
+            variables=variables,
+            **mail_origin(),
+        )
 
     async def sign_up(self, email: str, password: str, display_name: str) -> store.UserRecord:
         """Create an account and queue the email that verifies its address."""
@@ -217,6 +230,7 @@ class Identity:
                 # sign-up. Login and password reset never tell.
                 raise AlreadyExists("an account with this email address exists already", reason="EMAIL_TAKEN")
             await self._queue_email_token(session, user, "verify_email", now)
+        self.mail_queued.set()
         return user
 
     async def verify_email(self, token: str) -> store.UserRecord:
@@ -336,6 +350,7 @@ class Identity:
             if user is not None:
                 await store.expire_email_tokens(user.id, "reset_password", session=session, now=now)
                 await self._queue_email_token(session, user, "reset_password", now)
+        self.mail_queued.set()
 
     async def reset_password(self, token: str, new_password: str) -> None:
         """Set a new password with a reset token; every session of the account ends."""
@@ -555,6 +570,7 @@ class Identity:
                 f"You are invited to join {organization.display_name} on qrmesh as {role.value.lower()}.\n\n"
                 f"Accept before {invitation.expires_at:%Y-%m-%d %H:%M} UTC:\n\n{link}\n"
             )
+            inviter = await store.get_user(actor_id, session=session) if actor_id else None
             await store.enqueue_email(
                 session=session,
                 recipient=address,
@@ -562,7 +578,17 @@ class Identity:
                 body=body,
                 kind="invitation",
                 now=now,
+                variables={
+                    "link": link,
+                    "expires_at": f"{invitation.expires_at:%Y-%m-%d %H:%M} UTC",
+                    "organization_name": organization.display_name,
+                    "role": role.value.lower(),
+                    "inviter": inviter.display_name if inviter is not None else "",
+                },
+                organization=f"organizations/{organization_id}",
+                **mail_origin(),
             )
+        self.mail_queued.set()
         return invitation, token
 
     async def list_invitations(self, organization_id: str, size: int, token: str) -> Page[store.InvitationRecord]:

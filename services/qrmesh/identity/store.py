@@ -142,8 +142,15 @@ outbox = sa.Table(
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("created_at", _TS, nullable=False),
     sa.Column("sent_at", _TS),
+    # Migration 0002: what the mailer renders (the subject and body above stay as the plain fallback).
+    sa.Column("mail_id", sa.Text),
+    sa.Column("template", sa.Text),
+    sa.Column("variables", pg.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("organization", sa.Text, nullable=False, server_default=""),
+    sa.Column("traceparent", sa.Text, nullable=False, server_default=""),
+    sa.Column("tracestate", sa.Text, nullable=False, server_default=""),
 )
-sa.Index("outbox_unsent", outbox.c.created_at, postgresql_where=outbox.c.sent_at.is_(None))
+sa.Index("outbox_unsent", outbox.c.id, postgresql_where=outbox.c.sent_at.is_(None))
 
 request_ids = sa.Table(
     "request_ids",
@@ -429,15 +436,90 @@ async def expire_email_tokens(user_id: str, purpose: str, *, session: AsyncSessi
 
 
 async def enqueue_email(
-    *, session: AsyncSession, recipient: str, subject: str, body: str, kind: str, now: datetime
+    *,
+    session: AsyncSession,
+    recipient: str,
+    subject: str,
+    body: str,
+    kind: str,
+    now: datetime,
+    variables: dict[str, str] | None = None,
+    organization: str = "",
+    mail_id: str = "",
+    traceparent: str = "",
+    tracestate: str = "",
 ) -> int:
-    """Queue an email in the outbox; it is sent once the transaction commits and a sender drains it."""
+    """Queue an email in the outbox: the template `kind` with `variables` (the subject and body are the plain
+    fallback); the outbox relay hands it to the mailer once the transaction commits."""
     statement = (
         sa.insert(outbox)
-        .values(recipient=recipient, subject=subject, body=body, kind=kind, created_at=now)
+        .values(
+            recipient=recipient,
+            subject=subject,
+            body=body,
+            kind=kind,
+            created_at=now,
+            mail_id=mail_id or None,
+            template=kind,
+            variables=dict(variables or {}),
+            organization=organization,
+            traceparent=traceparent,
+            tracestate=tracestate,
+        )
         .returning(outbox.c.id)
     )
     return int((await session.execute(statement)).scalar_one())
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMail:
+    """An unsent outbox row, as the relay hands it on."""
+
+    id: int
+    mail_id: str | None
+    recipient: str
+    template: str
+    variables: dict[str, str]
+    subject: str
+    body: str
+    organization: str
+    created_at: datetime
+    traceparent: str
+    tracestate: str
+
+
+async def lock_unsent_mail(*, session: AsyncSession, limit: int) -> list[OutboxMail]:
+    """The oldest unsent rows (by id), locked for this transaction; rows another relay holds are skipped."""
+    statement = (
+        sa.select(outbox)
+        .where(outbox.c.sent_at.is_(None))
+        .order_by(outbox.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (await session.execute(statement)).all()
+    return [
+        OutboxMail(
+            id=row.id,
+            mail_id=row.mail_id,
+            recipient=row.recipient,
+            template=row.template or row.kind,
+            variables={str(k): str(v) for k, v in (row.variables or {}).items()},
+            subject=row.subject,
+            body=row.body,
+            organization=row.organization,
+            created_at=row.created_at,
+            traceparent=row.traceparent,
+            tracestate=row.tracestate,
+        )
+        for row in rows
+    ]
+
+
+async def mark_mail_sent(ids: Sequence[int], *, session: AsyncSession, now: datetime) -> None:
+    """Mark outbox rows as handed to the mail stream."""
+    if ids:
+        await session.execute(sa.update(outbox).where(outbox.c.id.in_(list(ids))).values(sent_at=now))
 
 
 # ---------------------------------------------------------------- refresh tokens
