@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from qrmesh.analytics.domain import breakdown, buckets, cells, peak
+from qrmesh.analytics.domain import breakdown, buckets, peak
 from qrmesh.analytics.domain.buckets import Granularity, Piece, Source
+from qrmesh.platform import cells
 from qrmesh.platform.errors import InvalidArgument
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")

@@ -2,7 +2,7 @@
 
 CSV (RFC 4180, UTF-8, a header row) is written as the rows come from a server-side cursor, so
 memory stays bounded whatever the range holds; every text cell a spreadsheet could run as a
-formula is neutralized (`domain.cells`). XLSX is written with xlsxwriter in constant-memory mode
+formula is neutralized (`platform.cells`). XLSX is written with xlsxwriter in constant-memory mode
 to a temporary file (in a worker thread, a batch of rows at a time), then streamed; its cells are
 written as strings, never as formulas. A sheet holds at most 1,048,576 rows: a larger export is
 refused before any byte is sent.
@@ -27,10 +27,10 @@ import xlsxwriter
 
 from qrmesh.analytics import store_read
 from qrmesh.analytics.domain.breakdown import ranked
-from qrmesh.analytics.domain.cells import neutralize
 from qrmesh.analytics.queries import Queries, Query
 from qrmesh.analytics.scope import code_name
 from qrmesh.analytics.v1 import analytics_pb2
+from qrmesh.platform.cells import neutralize
 from qrmesh.platform.errors import FailedPrecondition
 from qrmesh.scans.v1 import scan_event_pb2
 

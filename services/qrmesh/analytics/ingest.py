@@ -32,6 +32,8 @@ and XACK, a spool replayed twice) finds its raw row and counts nothing again.
 - Counted scans of a UTC day whose visitors the upkeep already forgot
   (`retention.KEEP_VISITOR_DAYS`) carry no unique.
 - Live-feed messages hold at most LIVE_CHUNK scans.
+- After the commit and before the acknowledgement, the batch's rows (replays too) go to the alert rules
+  (`qrmesh.analytics.alerts`, when `alerts` is set), which fire at most once per rule and window.
 - Consumers of the group idle for a day with nothing pending (names of processes
   gone) are deleted now and then.
 - `close` lets the batch in hand finish, then stops.
@@ -52,7 +54,7 @@ import time as clock
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import redis.asyncio as redis
@@ -72,6 +74,9 @@ from qrmesh.analytics.v1 import analytics_pb2, analytics_service_pb2
 from qrmesh.platform import tasks
 from qrmesh.platform.metrics import READINGS
 from qrmesh.platform.telemetry import extract_context, tracing_enabled
+
+if TYPE_CHECKING:
+    from qrmesh.analytics.alerts import AlertEvaluator
 
 log = logging.getLogger("qrmesh.analytics.ingest")
 
@@ -218,6 +223,8 @@ class Consumer:
         """Events skipped as older than their organization's retention."""
         self.failures = 0
         """Batches that failed (retried)."""
+        self.alerts: AlertEvaluator | None = None
+        """Evaluates alert rules after each batch's commit (`qrmesh.analytics.alerts`), when set."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -391,6 +398,8 @@ class Consumer:
                 stored = await self._isolate(rows, result, entries)
             result.stored = stored
             result.duplicates += len(rows) - len(stored) - result.failed
+            if self.alerts is not None:
+                await self.evaluate_alerts(rows)
             await self.acknowledge(entries, result)
             span.set_attribute("qrmesh.scans.stored", len(stored))
             span.set_attribute("qrmesh.scans.dead_lettered", len(result.dead))
@@ -452,6 +461,19 @@ class Consumer:
             )
             await store_write.add_rollups(pg, rollups.hourly_rows(), rollups.daily_rows())
         return stored
+
+    async def evaluate_alerts(self, rows: Sequence[Prepared]) -> None:
+        """Hand the batch's rows (new and replayed: evaluation is idempotent) to the alert rules, after the
+        commit and before the acknowledgement, so a crash in between has the batch evaluated on redelivery.
+        Infrastructure failures fail the batch (retried); any other failure is logged, never holds ingestion."""
+        if self.alerts is None:
+            return
+        try:
+            await self.alerts.evaluate(rows)
+        except Exception as exc:
+            if transient(exc):
+                raise
+            log.exception("evaluating alert rules failed", extra={"error": repr(exc)})
 
     async def before_commit(self, stored: Sequence[Prepared]) -> None:
         """Runs inside the batch's transaction after everything is written (a hook; nothing by default)."""
