@@ -383,7 +383,7 @@ def test_every_pod_is_hardened(rendered: dict[str, list[Manifest]], scenario: st
 def test_network_policies_let_in_only_the_edge(rendered: dict[str, list[Manifest]]) -> None:
     manifests = rendered["default"]
     policies = {p["metadata"]["name"]: p["spec"] for p in kinds(manifests, "NetworkPolicy")}
-    assert sorted(policies) == ["qrmesh-edge", "qrmesh-migrate", "qrmesh-services"]
+    assert sorted(policies) == ["qrmesh-edge", "qrmesh-migrate", "qrmesh-services", "qrmesh-webhook-deliveries"]
 
     # Every pod the chart runs is selected by a policy.
     for workload in (m for m in manifests if m["kind"] in WORKLOADS):
@@ -414,6 +414,15 @@ def test_network_policies_let_in_only_the_edge(rendered: dict[str, list[Manifest
     migrate = policies["qrmesh-migrate"]
     assert "ingress" not in migrate
     assert migrate["policyTypes"] == ["Ingress", "Egress"]
+
+    # Webhook deliveries reach the internet from the webhooks pods only, never private or metadata ranges.
+    deliveries = policies["qrmesh-webhook-deliveries"]
+    assert deliveries["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "webhooks"
+    assert deliveries["policyTypes"] == ["Egress"]
+    blocks = {peer["ipBlock"]["cidr"]: set(peer["ipBlock"]["except"]) for peer in deliveries["egress"][0]["to"]}
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"} <= blocks["0.0.0.0/0"]
+    assert {"fc00::/7", "fe80::/10"} <= blocks["::/0"]
+    assert {port["port"] for port in deliveries["egress"][0]["ports"]} == {80, 443}
 
 
 # --- Production-like and minimal releases ---------------------------------------------------------
