@@ -68,7 +68,9 @@ test: $(INSTALLED) ## Run the whole test suite against real PostgreSQL, Redis an
 	$(BIN)/pytest
 
 .PHONY: bench
-bench: $(INSTALLED) ## Every benchmark beside its baseline (needs wrk and nginx); writes BENCHMARKS.md
+bench: $(INSTALLED) ## Every benchmark beside its baseline; writes BENCHMARKS.md (redirect: apt-get install wrk nginx-light)
+	@command -v wrk >/dev/null && { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } || \
+		echo "note: the redirect part needs wrk and nginx (sudo apt-get install wrk nginx-light); without them it is not measured"
 	$(BIN)/python -m bench --markdown BENCHMARKS.md
 
 .PHONY: bench-%

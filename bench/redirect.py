@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -32,7 +33,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.report import Figure, Sample, emit
+from bench.report import MISSING_TOOL, Figure, Sample, emit
 from qrmesh.stack import Stack
 
 UVICORN_APP = """
@@ -207,9 +208,19 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
-        return 2
+    missing = [
+        tool for tool in ("wrk", "nginx") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+    if importlib.util.find_spec("uvicorn") is None:
+        missing.append("uvicorn")
+    if missing:
+        print(
+            f"redirect: not measured, {' and '.join(missing)} not installed. wrk and nginx are Debian/Ubuntu packages"
+            " (sudo apt-get install wrk nginx-light; Homebrew: brew install wrk nginx); uvicorn comes with the dev"
+            " extra (make install).",
+            file=sys.stderr,
+        )
+        return MISSING_TOOL
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="qrmesh-bench-") as tmp:

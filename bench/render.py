@@ -21,6 +21,7 @@ import segno
 from PIL import Image as PILImage
 from qrcode.image.styledpil import StyledPilImage  # type: ignore[import-untyped]
 from qrcode.image.styles.moduledrawers.pil import RoundedModuleDrawer  # type: ignore[import-untyped]
+from qrcode.image.svg import SvgPathImage  # type: ignore[import-untyped]
 
 from bench.report import Figure, Sample, emit
 from qrmesh.qr.domain.design import (
@@ -99,6 +100,11 @@ def qrcode_png() -> bytes:
     return _qrcode()
 
 
+def qrcode_svg() -> bytes:
+    """python-qrcode's SVG (one path) at the same size."""
+    return _qrcode(image_factory=SvgPathImage)
+
+
 def qrcode_styled() -> bytes:
     """python-qrcode's styled PNG: rounded modules and an embedded logo (it has no frames or eye colors;
     it insists on level H with a logo)."""
@@ -138,6 +144,7 @@ def main() -> None:
         ("plain PNG", ours(Design(), Format.PNG), "segno PNG", segno_png, 7.0, None),
         ("plain PNG", ours(Design(), Format.PNG), "python-qrcode PNG", qrcode_png, None, None),
         ("plain SVG", ours(Design(), Format.SVG), "segno SVG", segno_svg, None, 1000.0),
+        ("plain SVG", ours(Design(), Format.SVG), "python-qrcode SVG (path)", qrcode_svg, None, None),
         (
             "styled PNG (logo, frame, eyes)",
             ours(STYLED, Format.PNG),
