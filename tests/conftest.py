@@ -8,6 +8,7 @@ CI=true a server that cannot be reached fails the run instead of skipping.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import os
@@ -160,7 +161,8 @@ def base_settings(database_url: str, redis_url: str, billing_socket: Path) -> Se
         # Private streams: events and mail of this session never mix with another run's.
         events_stream=f"test-events-{secrets.token_hex(6)}",
         mail_stream=f"test-mail-{secrets.token_hex(6)}",
-        extra={"BILLING_ADDR": f"unix:{billing_socket}"},
+        # BATCH_STREAM: qr's bulk chunks go to a private stream too (not the default one of the database name).
+        extra={"BILLING_ADDR": f"unix:{billing_socket}", "BATCH_STREAM": f"test-qr-batches-{secrets.token_hex(6)}"},
     )
 
 
@@ -194,6 +196,10 @@ async def core_servers(base_settings: Settings, billing_socket: Path) -> AsyncIt
     await billing.stop(0)
     await qr.stop(0)
     await identity.stop(0)
+    with contextlib.suppress(redis.RedisError):
+        client = redis.Redis.from_url(base_settings.redis_url)
+        client.delete(base_settings.extra["BATCH_STREAM"])
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -257,6 +263,9 @@ def analytics_settings(settings: Settings, qr_server: Server, analytics_stream: 
     return dataclasses.replace(
         settings,
         service="analytics",
+        # Alert firings go to streams of this session's own (tests read them; nobody else consumes them).
+        events_stream=f"test-events-{analytics_stream}",
+        mail_stream=f"test-mail-{analytics_stream}",
         extra={
             "STREAM": analytics_stream,
             "QR_ADDR": f"127.0.0.1:{qr_server.port}",
@@ -283,7 +292,12 @@ async def analytics_server(analytics_settings: Settings, analytics_stream: str) 
     yield server
     await server.stop(0)
     client = redis.Redis.from_url(analytics_settings.redis_url)
-    client.delete(analytics_stream, f"{analytics_stream}:dead")
+    client.delete(
+        analytics_stream,
+        f"{analytics_stream}:dead",
+        analytics_settings.events_stream,
+        analytics_settings.mail_stream,
+    )
     client.close()
 
 
@@ -303,6 +317,47 @@ async def analytics_redirect(
     await server.start()
     yield server
     await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def webhooks_settings(settings: Settings, qr_server: Server) -> Settings:
+    """Settings for a webhooks service on private streams (events, scans, mail), loopback targets allowed,
+    a retry schedule of three 0.2 s steps and scans batched for 0.2 s."""
+    tag = secrets.token_hex(6)
+    return dataclasses.replace(
+        settings,
+        service="webhooks",
+        events_stream=f"test-wh-events-{tag}",
+        mail_stream=f"test-wh-mail-{tag}",
+        extra={
+            "BILLING_ADDR": settings.extra["BILLING_ADDR"],
+            "SCANS_STREAM": f"test-wh-scans-{tag}",
+            "ALLOW_PRIVATE_TARGETS": "true",
+            "RETRY_SCHEDULE": "0.2,0.2,0.2",
+            "POLL_INTERVAL": "0.2",
+            "SCAN_BATCH_SECONDS": "0.2",
+            "CLAIM_IDLE_MS": "1000",
+            "TIMEOUT": "5",
+            "CACHE_SECONDS": "0",
+            "SECRET_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+async def webhooks_server(webhooks_settings: Settings) -> AsyncIterator[Server]:
+    """The webhooks service in-process on a free port, consuming its private streams (deleted at the end)."""
+    from qrmesh.webhooks import server as webhooks_server_module
+
+    server, _ = await webhooks_server_module.create_server(webhooks_settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+    client = redis.Redis.from_url(webhooks_settings.redis_url)
+    client.delete(
+        webhooks_settings.events_stream, webhooks_settings.mail_stream, webhooks_settings.extra["SCANS_STREAM"]
+    )
+    client.close()
 
 
 @pytest.fixture(scope="session")
@@ -353,6 +408,10 @@ class ServiceProcess:
             "QRMESH_SERVICE_SECRET": settings.service_secret,
             "QRMESH_SHUTDOWN_GRACE": "1",
             "QRMESH_METRICS_PORT": "0",
+            # The session's private streams: a process relaying the shared database's outboxes must append
+            # to the streams the session's tests read, never to the default ones.
+            "QRMESH_EVENTS_STREAM": settings.events_stream,
+            "QRMESH_MAIL_STREAM": settings.mail_stream,
             **extra_env,
         }
         self._log = self.log_path.open("wb")
@@ -408,6 +467,7 @@ def running_mesh(
     from qrmesh.analytics import server as analytics_server_module
     from qrmesh.billing import server as billing_server_module
     from qrmesh.identity import server as identity_server_module
+    from qrmesh.webhooks import server as webhooks_server_module
 
     env = {**ROOMY_RATES, **(env or {})}
     analytics_group = f"test-analytics-{secrets.token_hex(4)}"
@@ -422,8 +482,15 @@ def running_mesh(
             "identity", settings, workdir, **env, QRMESH_IDENTITY_BILLING_ADDR=billing
         )
         address = f"127.0.0.1:{processes['identity'].port}"
+        # The mesh's qr takes bulk chunks from a stream of its own (the in-process qr_server has another).
         processes["qr"] = ServiceProcess(
-            "qr", settings, workdir, QRMESH_IDENTITY_ADDR=address, **env, QRMESH_QR_BILLING_ADDR=billing
+            "qr",
+            settings,
+            workdir,
+            QRMESH_IDENTITY_ADDR=address,
+            **env,
+            QRMESH_QR_BILLING_ADDR=billing,
+            QRMESH_QR_BATCH_STREAM=f"{analytics_group}-qr-batches",
         )
         processes["billing"] = ServiceProcess(
             "billing",
@@ -458,6 +525,22 @@ def running_mesh(
             QRMESH_ANALYTICS_GROUP_START="$",
             QRMESH_ANALYTICS_BLOCK_MS="100",
         )
+        # The mesh's webhooks serves the API (and the plan gate) only: it sends nothing (no dispatcher: the
+        # session database's deliveries belong to the in-process webhooks_server's tests), and its event, scan
+        # and mail streams are this mesh's own, which nothing appends to, so it queues no deliveries either.
+        # Delivery end to end is tested in-process (tests/integration/test_webhooks.py).
+        processes["webhooks"] = ServiceProcess(
+            "webhooks",
+            settings,
+            workdir,
+            **env,
+            QRMESH_IDENTITY_ADDR=address,
+            QRMESH_WEBHOOKS_BILLING_ADDR=billing,
+            QRMESH_WEBHOOKS_DISPATCH="false",
+            QRMESH_EVENTS_STREAM=f"{analytics_group}-events",
+            QRMESH_MAIL_STREAM=f"{analytics_group}-mail",
+            QRMESH_WEBHOOKS_SCANS_STREAM=f"{analytics_group}-scans",
+        )
         upstreams = [
             Upstream("identity", "127.0.0.1", processes["identity"].port, identity_server_module.GRPC_SERVICES),
             Upstream("qr", "127.0.0.1", processes["qr"].port, qr_server_module.GRPC_SERVICES),
@@ -466,6 +549,7 @@ def running_mesh(
                 "redirect", "127.0.0.1", processes["redirect"].port, [], http_port=processes["redirect"].http_port
             ),
             Upstream("analytics", "127.0.0.1", processes["analytics"].port, analytics_server_module.GRPC_SERVICES),
+            Upstream("webhooks", "127.0.0.1", processes["webhooks"].port, webhooks_server_module.GRPC_SERVICES),
         ]
         # One trusted hop: tests play the load balancer and say who the client is in X-Forwarded-For.
         with running_edge(upstreams, workdir, trusted_hops=1) as (base_url, _):
@@ -477,6 +561,12 @@ def running_mesh(
         with contextlib.suppress(redis.RedisError):
             client = redis.Redis.from_url(settings.redis_url)
             client.xgroup_destroy("scans", analytics_group)
+            client.delete(
+                f"{analytics_group}-events",
+                f"{analytics_group}-mail",
+                f"{analytics_group}-scans",
+                f"{analytics_group}-qr-batches",
+            )
             client.close()
 
 

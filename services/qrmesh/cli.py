@@ -1,4 +1,4 @@
-"""The `qrmesh` command: serve one service, run the local stack, render the edge config, grant plans."""
+"""The `qrmesh` command: serve one service, run the local stack, render the edge config, grant plans, bulk."""
 
 from __future__ import annotations
 
@@ -146,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     from qrmesh.billing.admin import add_commands as add_billing_commands
 
     add_billing_commands(commands, SERVICES["billing"].default_port)
+
+    from qrmesh.bulk_cli import add_command as add_bulk_command
+
+    add_bulk_command(commands)
 
     args = parser.parse_args(argv)
     code: int = args.handler(args)

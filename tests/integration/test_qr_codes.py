@@ -586,12 +586,17 @@ async def test_links_reach_redis_after_an_outage(
                     break
                 await asyncio.sleep(0.1)
         assert stored.version == 2
-        async with engine.connect() as connection:
-            behind = await connection.scalar(
-                text("SELECT version - published_version FROM qr.short_codes WHERE short_code = :c"),
-                {"c": created.short_code},
-            )
-        assert behind == 0
+        # The version is recorded as published right after the write to Redis: wait for that commit too.
+        async with asyncio.timeout(15):
+            while True:
+                async with engine.connect() as connection:
+                    behind = await connection.scalar(
+                        text("SELECT version - published_version FROM qr.short_codes WHERE short_code = :c"),
+                        {"c": created.short_code},
+                    )
+                if behind == 0:
+                    break
+                await asyncio.sleep(0.1)
     finally:
         await codes.close()
         await proxy.cut()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qrmesh.billing.client import plans_for
 from qrmesh.platform.server import Resources
+from qrmesh.qr.batches import BatchConfig, Batches
 from qrmesh.qr.scan_totals import ScanTotals
 from qrmesh.qr.service import QrCodes
 
@@ -26,3 +27,12 @@ def qr_codes_for(resources: Resources) -> QrCodes:
     resources.on_close.append(codes.close)
     resources.on_close.append(totals.close)
     return codes
+
+
+def batches_for(resources: Resources, codes: QrCodes) -> Batches:
+    """Bulk generation over `codes`; its chunk workers and sweeper start and stop with the server."""
+    batches = Batches(codes, BatchConfig.from_settings(resources.settings))
+    resources.on_start.append(batches.start)
+    resources.on_stopping.append(batches.stopping)
+    resources.on_close.append(batches.close)
+    return batches

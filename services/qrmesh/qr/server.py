@@ -15,14 +15,16 @@ from qrmesh.platform.server import Resources, Server, ServiceSpec
 from qrmesh.platform.server import create_server as _create_server
 from qrmesh.platform.settings import Settings
 from qrmesh.qr import names
+from qrmesh.qr.batch_servicer import BatchServicer
 from qrmesh.qr.link_servicer import LinkServicer
-from qrmesh.qr.resources import qr_codes_for
+from qrmesh.qr.resources import batches_for, qr_codes_for
 from qrmesh.qr.servicer import QrCodeServicer
-from qrmesh.qr.v1 import qr_code_service_pb2, qr_code_service_pb2_grpc
+from qrmesh.qr.v1 import batch_service_pb2, batch_service_pb2_grpc, qr_code_service_pb2, qr_code_service_pb2_grpc
 
 GRPC_SERVICES = [
     *(qr_code_service_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("QrCodeService", "LinkService")),
     USAGE_SERVICE,
+    batch_service_pb2.DESCRIPTOR.services_by_name["BatchService"].full_name,
 ]
 
 
@@ -34,6 +36,7 @@ def register(server: grpc.aio.Server, resources: Resources) -> Sequence[str]:
     qr_code_service_pb2_grpc.add_LinkServiceServicer_to_server(LinkServicer(codes), server)
     usage = UsageServicer(codes.usage, lambda name: names.organization_id(name, field="organization"))
     billing_service_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
+    batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(batches_for(resources, codes)), server)
     return GRPC_SERVICES
 
 

@@ -365,10 +365,18 @@ async def count_qr_codes(organization_id: str, *, session: AsyncSession, filters
 
 
 async def count_dynamic_codes(organization_id: str, *, session: AsyncSession) -> int:
-    """How many dynamic codes the organization has (any status; deleted ones are gone)."""
-    statement = sa.select(sa.func.count()).where(
-        qr_codes.c.organization_id == organization_id, qr_codes.c.kind == "DYNAMIC"
+    """How many dynamic codes the organization has (any status; deleted ones are gone), counting the codes
+    unfinished DYNAMIC batches are still to create (they were promised when the batch was accepted)."""
+    from qrmesh.qr import batch_store
+
+    # One statement, so one snapshot: counted as two under READ COMMITTED, a batch chunk committing in between
+    # (rows turning CREATED, their codes appearing) would be counted in neither.
+    stored = (
+        sa.select(sa.func.count())
+        .where(qr_codes.c.organization_id == organization_id, qr_codes.c.kind == "DYNAMIC")
+        .scalar_subquery()
     )
+    statement = sa.select(stored + batch_store.reserved_dynamic_rows_query(organization_id).scalar_subquery())
     return int((await session.execute(statement)).scalar_one())
 
 

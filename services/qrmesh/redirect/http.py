@@ -37,13 +37,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import RedisError
 
 from qrmesh.platform.errors import Unavailable
+from qrmesh.platform.ids import uuid7
 from qrmesh.platform.metrics import Buckets
 from qrmesh.platform.telemetry import extract_context, tracing_enabled, w3c_headers
 from qrmesh.redirect.config import RedirectConfig
 from qrmesh.redirect.domain import pages
 from qrmesh.redirect.domain.agent import Agent, classify
 from qrmesh.redirect.domain.geo import CountryLookup
-from qrmesh.platform.ids import uuid7
 from qrmesh.redirect.domain.language import preferred_languages
 from qrmesh.redirect.domain.passwords import verify_password
 from qrmesh.redirect.domain.privacy import anonymize_ip, sticky_bucket, visitor_id
