@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from qrmesh.platform.settings import Settings, SettingsError, int_setting
@@ -15,7 +16,8 @@ def _int(extra: dict[str, str], name: str, default: int, *, low: int, high: int)
     )
 
 
-def _bool(extra: dict[str, str], name: str, default: bool = False) -> bool:
+def flag(extra: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """QRMESH_WEBHOOKS_{name} as a boolean (true/false, yes/no, on/off, 1/0), `default` when unset."""
     raw = extra.get(name, "").strip().lower()
     if not raw:
         return default
@@ -26,7 +28,8 @@ def _bool(extra: dict[str, str], name: str, default: bool = False) -> bool:
     raise SettingsError(f"QRMESH_WEBHOOKS_{name} must be true or false, got {raw!r}")
 
 
-def _seconds(extra: dict[str, str], name: str, default: float, *, low: float, high: float) -> float:
+def seconds(extra: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """QRMESH_WEBHOOKS_{name} as seconds within [low, high], `default` when unset."""
     raw = extra.get(name, "").strip()
     if not raw:
         return default
@@ -101,18 +104,18 @@ class WebhooksConfig:
         """Parse QRMESH_WEBHOOKS_* variables, failing with a message that names the bad one."""
         extra = dict(settings.extra)
         return cls(
-            allow_private_targets=_bool(extra, "ALLOW_PRIVATE_TARGETS"),
-            dispatch=_bool(extra, "DISPATCH", True),
+            allow_private_targets=flag(extra, "ALLOW_PRIVATE_TARGETS"),
+            dispatch=flag(extra, "DISPATCH", True),
             retry_schedule=_schedule(extra.get("RETRY_SCHEDULE", "")),
             concurrency=_int(extra, "CONCURRENCY", 32, low=1, high=1024),
-            poll_interval=_seconds(extra, "POLL_INTERVAL", 1.0, low=0.05, high=60),
-            connect_timeout=_seconds(extra, "CONNECT_TIMEOUT", 5.0, low=0.1, high=60),
-            total_timeout=_seconds(extra, "TIMEOUT", 10.0, low=0.1, high=120),
+            poll_interval=seconds(extra, "POLL_INTERVAL", 1.0, low=0.05, high=60),
+            connect_timeout=seconds(extra, "CONNECT_TIMEOUT", 5.0, low=0.1, high=60),
+            total_timeout=seconds(extra, "TIMEOUT", 10.0, low=0.1, high=120),
             max_redirects=_int(extra, "MAX_REDIRECTS", 3, low=0, high=10),
             scans_stream=extra.get("SCANS_STREAM", "").strip() or "scans",
             scan_batch_size=_int(extra, "SCAN_BATCH_SIZE", 100, low=1, high=1000),
-            scan_batch_seconds=_seconds(extra, "SCAN_BATCH_SECONDS", 5.0, low=0.01, high=300),
+            scan_batch_seconds=seconds(extra, "SCAN_BATCH_SECONDS", 5.0, low=0.01, high=300),
             claim_idle_ms=_int(extra, "CLAIM_IDLE_MS", 60_000, low=100, high=86_400_000),
-            cache_seconds=_seconds(extra, "CACHE_SECONDS", 5.0, low=0, high=300),
+            cache_seconds=seconds(extra, "CACHE_SECONDS", 5.0, low=0, high=300),
             secret_key=_key(extra.get("SECRET_KEY", "")),
         )

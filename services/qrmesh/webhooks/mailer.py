@@ -50,6 +50,8 @@ from qrmesh.platform.metrics import REGISTRY
 from qrmesh.platform.server import Resources
 from qrmesh.platform.settings import Settings, SettingsError, int_setting
 from qrmesh.platform.telemetry import extract_context
+from qrmesh.webhooks.config import flag as _flag
+from qrmesh.webhooks.config import seconds as _seconds
 
 log = logging.getLogger("qrmesh.webhooks.mailer")
 _tracer = trace.get_tracer("qrmesh.webhooks.mailer")
@@ -85,30 +87,6 @@ FAILED = Counter(
 
 
 # ------------------------------------------------------------------------------------------------ settings
-
-
-def _flag(extra: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = extra.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"QRMESH_WEBHOOKS_{name} must be true or false, got {raw!r}")
-
-
-def _seconds(extra: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    raw = extra.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"QRMESH_WEBHOOKS_{name} must be a number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"QRMESH_WEBHOOKS_{name} must be between {low} and {high}, got {value}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
