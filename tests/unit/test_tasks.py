@@ -50,3 +50,33 @@ async def test_nothing_to_stop() -> None:
     done = asyncio.create_task(asyncio.sleep(0))
     await done
     await tasks.stop(done)
+
+
+async def test_repeat_runs_when_woken_and_retries_failures_with_backoff() -> None:
+    wake = asyncio.Event()
+    calls: list[float] = []
+    succeeded, done = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def step() -> None:
+        calls.append(loop.time())
+        if len(calls) <= 2:
+            raise ConnectionError("not yet")
+        succeeded.set()
+        if len(calls) == 4:
+            done.set()
+
+    task = asyncio.create_task(tasks.repeat(step, wake, every=3600, retry_min=0.01, retry_max=0.02, what="test"))
+    try:
+        wake.set()  # 1 fails, 2 (after 0.01 s) fails, 3 (after 0.02 s) succeeds, then it waits for a wake
+        async with asyncio.timeout(10):
+            await succeeded.wait()
+        await asyncio.sleep(0.05)
+        assert len(calls) == 3  # a success is not repeated until woken (or `every` passes)
+        wake.set()
+        async with asyncio.timeout(10):
+            await done.wait()
+        assert calls[1] - calls[0] >= 0.01
+        assert calls[2] - calls[1] >= 0.02
+    finally:
+        await tasks.stop(task)

@@ -96,7 +96,7 @@ def render_chunk(design: bytes, image_format: int, size: int, contents: Sequence
 
 
 def warm_up() -> int:
-    """Nothing: importing this module in a worker process is the point (see `Pool.warm`)."""
+    """The worker's process id, for nothing more than a call that costs nothing (it shows which process ran)."""
     return os.getpid()
 
 
@@ -140,11 +140,6 @@ class Pool:
             self._executor = None
             log.warning("a render process died; starting new ones")
         broken.shutdown(wait=False, cancel_futures=True)
-
-    async def warm(self) -> None:
-        """Start the worker processes and load the renderer in each (seconds of imports), so the first batch
-        does not wait for it."""
-        await asyncio.gather(*(self.run(warm_up) for _ in range(self.processes)))
 
     async def close(self, grace: float = CLOSE_GRACE) -> None:
         """Stop the worker processes (running work is abandoned; its chunks are retried): queued work is

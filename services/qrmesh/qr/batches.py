@@ -161,14 +161,6 @@ class Batches:
         for index in range(self.config.workers):
             self._tasks.append(asyncio.create_task(self._work(f"{self._consumer}-{index}"), name="qr-batch-worker"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="qr-batch-sweeper"))
-        if self.config.workers:
-            self._tasks.append(asyncio.create_task(self._warm(), name="qr-batch-warm-up"))
-
-    async def _warm(self) -> None:
-        try:
-            await self.pool.warm()
-        except Exception as error:  # noqa: BLE001 - the first batch starts the processes instead
-            log.warning("render processes did not start", extra={"error": repr(error)})
 
     async def stopping(self) -> None:
         """End WatchBatch streams so the server need not wait for them."""

@@ -10,8 +10,6 @@ consumers handle each event id once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Sequence
 
 import redis.asyncio as redis
@@ -21,8 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from qrmesh.events.v1 import event_pb2
 from qrmesh.platform import events, tasks
 from qrmesh.qr.store import metadata
-
-log = logging.getLogger("qrmesh.qr.events")
 
 QR_CODE_CREATED = "qr_code.created"
 QR_CODE_UPDATED = "qr_code.updated"
@@ -97,18 +93,11 @@ class EventRelay:
             self._task = None
 
     async def _run(self) -> None:
-        failures = 0
-        while True:
-            if failures:
-                await asyncio.sleep(min(RETRY_MIN * 2 ** (failures - 1), RETRY_MAX))
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL)
-            self._wake.clear()
-            try:
-                await self.relay_pending()
-            except Exception as exc:  # noqa: BLE001 - keep trying until Redis and the database answer
-                failures += 1
-                log.warning("appending events failed", extra={"attempt": failures, "error": repr(exc)})
-                continue
-            failures = 0
+        await tasks.repeat(
+            self.relay_pending,
+            self._wake,
+            every=SWEEP_INTERVAL,
+            retry_min=RETRY_MIN,
+            retry_max=RETRY_MAX,
+            what="appending events",
+        )

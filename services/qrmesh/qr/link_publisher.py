@@ -14,7 +14,6 @@ heals what another replica left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -118,21 +117,17 @@ class LinkPublisher:
             await tasks.stop(self._task)
             self._task = None
 
+    async def _sweep(self) -> None:
+        written = await self.publish_pending()
+        if written:
+            log.info("links written to Redis", extra={"links": written})
+
     async def _run(self) -> None:
-        failures = 0
-        while True:
-            if failures:
-                await asyncio.sleep(min(RETRY_MIN * 2 ** (failures - 1), RETRY_MAX))
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SWEEP_INTERVAL)
-            self._wake.clear()
-            try:
-                written = await self.publish_pending()
-            except Exception as exc:  # noqa: BLE001 - keep trying until Redis and the database answer
-                failures += 1
-                log.warning("writing links to Redis failed", extra={"attempt": failures, "error": repr(exc)})
-                continue
-            if failures or written:
-                log.info("links written to Redis", extra={"links": written})
-            failures = 0
+        await tasks.repeat(
+            self._sweep,
+            self._wake,
+            every=SWEEP_INTERVAL,
+            retry_min=RETRY_MIN,
+            retry_max=RETRY_MAX,
+            what="writing links to Redis",
+        )
